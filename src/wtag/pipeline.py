@@ -1,0 +1,81 @@
+"""The MLproject steps as functions, and ``main``, which chains them and reuses finished steps.
+
+A step is reused when a FINISHED run of the same entry point has the same parameters, code commit and (for
+steps after ``prepare``) dataset digest: the pattern of MLflow's multistep_workflow example, in-process so
+that TensorFlow is imported once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from wtag.dataset import PreparedDataset, load_prepared
+from wtag.prepare import PrepareConfig, log_prepared, prepare
+from wtag.taggers import TrainConfig
+from wtag.tracking import find_finished_run, tracked_run
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def prepare_step(config: PrepareConfig, data_dir: Path, experiment_id: str, workers: int | None = None,
+                 run_id: str | None = None, progress: bool = True) -> tuple[str, PreparedDataset]:
+    """Run ``prepare`` in its own MLflow run, or reuse a finished one whose dataset is still on disk."""
+    params = config.params()
+    if run_id is None:
+        previous = find_finished_run(experiment_id, "prepare", params)
+        if previous is not None:
+            root = Path(previous.data.params.get("dataset_path", ""))
+            if (root / "manifest.json").is_file():
+                ds = load_prepared(root)
+                _say(f"prepare: reusing run {previous.info.run_id} (dataset {ds.digest[:8]})")
+                return str(previous.info.run_id), ds
+    description = f"prepare {config.source} jets (n_jets={config.n_jets}, seed={config.seed})"
+    with tracked_run("prepare", f"prepare-{config.source}-{config.n_jets}", description, params,
+                     run_id=run_id) as run:
+        ds = prepare(config, data_dir, workers=workers, progress=progress)
+        log_prepared(ds)
+        counts = ds.manifest["counts"]
+        _say(f"prepare: dataset {ds.digest[:8]} at {ds.root}: " +
+             ", ".join(f"{k} {v['jets']} ({v['signal']} W)" for k, v in counts.items()))
+        return str(run.info.run_id), ds
+
+
+def train_step(config: PrepareConfig, data_dir: Path, experiment_id: str, model: str, train_config: TrainConfig,
+               workers: int | None = None, run_id: str | None = None, reuse: bool = False) -> str:
+    """Prepare (reusing) then train; with ``reuse`` a finished identical train run is returned instead."""
+    from wtag.training import train
+
+    prep_run_id, ds = prepare_step(config, data_dir, experiment_id, workers=workers)
+    if reuse:
+        params = {"model": model, "dataset_digest": ds.digest, **dataclasses.asdict(train_config)}
+        previous = find_finished_run(experiment_id, "train", params)
+        if previous is not None:
+            _say(f"train: reusing run {previous.info.run_id}")
+            return str(previous.info.run_id)
+    return train(ds, model, train_config, prepare_run_id=prep_run_id, run_id=run_id)
+
+
+def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, model: str,
+                  train_config: TrainConfig, metric: str, workers: int | None = None,
+                  run_id: str | None = None) -> dict[str, str]:
+    """prepare -> train -> evaluate -> export, each its own run, each reused when already done."""
+    from wtag.evaluation import evaluate_step
+    from wtag.onnx_export import export_step
+
+    params = {**config.params(), "model": model, "metric": metric, **dataclasses.asdict(train_config)}
+    description = f"pipeline: prepare {config.source}, train {model}, evaluate by {metric}, export champion"
+    with tracked_run("main", f"main-{config.source}-{config.n_jets}", description, params, run_id=run_id):
+        import mlflow
+
+        train_run = train_step(config, data_dir, experiment_id, model, train_config, workers=workers, reuse=True)
+        ds_digest = mlflow.get_run(train_run).data.params["dataset_digest"]
+        eval_run, champion_run = evaluate_step(experiment_id, ds_digest, metric, train_run_id=train_run)
+        export_run, version = export_step(experiment_id, champion_run)
+        steps = {"train": train_run, "evaluate": eval_run, "export": export_run, "champion": champion_run,
+                 "model_version": version}
+        mlflow.set_tags({f"wtag.step.{k}": v for k, v in steps.items()})
+        _say("main: " + ", ".join(f"{k}={v}" for k, v in steps.items()))
+        return steps

@@ -1,0 +1,254 @@
+"""The ``prepare`` step: generate or import jets, compute model inputs, split, weight, standardize, log.
+
+Prepared datasets live under ``<data_dir>/prepared/<key>`` where the key hashes the parameters, so the same
+parameters reuse the finished directory instead of regenerating it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+
+from wtag import schema
+from wtag.dataset import (
+    SPLITS,
+    PreparedDataset,
+    Split,
+    Standardization,
+    flat_pt_weights,
+    load_prepared,
+    save_prepared,
+    stratified_split,
+)
+from wtag.errors import WtagError
+
+SOURCES = ("pythia", "cms-ntuple", "cms-images")
+SIGNAL_PROCESSES = ("ttbar", "wjets")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """Everything that defines a prepared dataset (the MLproject ``prepare`` parameters).
+
+    ``n_jets`` is per class for the simulation and a cap on the total for imported files (0: all jets).
+    ``pileup`` None means the generator's tuned default.
+    """
+
+    source: str = "pythia"
+    n_jets: int = 6000
+    seed: int = 1
+    inputs: tuple[str, ...] = ()
+    signal: str = "ttbar"
+    pileup: float | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise WtagError(f"unknown source '{self.source}' (known: {', '.join(SOURCES)})")
+        if self.signal not in SIGNAL_PROCESSES:
+            raise WtagError(f"unknown signal process '{self.signal}' (known: {', '.join(SIGNAL_PROCESSES)})")
+        if self.n_jets < 0 or (self.source == "pythia" and self.n_jets == 0):
+            raise WtagError(f"n_jets={self.n_jets} must be positive (0 = all jets, for imported files only)")
+        if self.source != "pythia" and not self.inputs:
+            raise WtagError(f"source '{self.source}' needs input files (-P input=PATH[,PATH...])")
+        if self.pileup is not None and self.pileup < 0:
+            raise WtagError(f"pileup={self.pileup} must be >= 0")
+
+    def params(self) -> dict[str, object]:
+        """Parameters as logged to MLflow; also what the reuse key hashes."""
+        return {"source": self.source, "n_jets": self.n_jets, "seed": self.seed,
+                "input": ",".join(self.inputs), "signal": self.signal,
+                "pileup": "default" if self.pileup is None else self.pileup,
+                "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+
+    def key(self) -> str:
+        blob = json.dumps({**self.params(), "input": [_input_identity(p) for p in self.inputs]}, sort_keys=True)
+        return f"{self.source}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def _input_identity(path: str) -> str:
+    """A local input is identified by its resolved path, size and mtime, so an edited file is re-imported."""
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        return f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    return path
+
+
+def _generate(config: PrepareConfig, data_dir: Path, workers: int, progress: bool) -> tuple[ak.Array, dict]:
+    from wtag.sources import pythia
+
+    parts = []
+    info: dict[str, object] = {}
+    for process in (config.signal, "qcd"):
+        kwargs = {} if config.pileup is None else {"pileup": config.pileup}
+        mu = "default" if config.pileup is None else f"{config.pileup:g}"
+        out = data_dir / "generated" / f"{process}_n{config.n_jets}_seed{config.seed}_mu{mu}"
+        files = pythia.generate(process=process, n_jets=config.n_jets, seed=config.seed, output=out,
+                                workers=workers, progress=progress, **kwargs)
+        from wtag.jets import read_jets
+
+        jets = read_jets(files)
+        parts.append(jets)
+        info[process] = {"files": [str(f) for f in files], "jets": len(jets)}
+    return ak.concatenate(parts), info
+
+
+def _import_ntuple(config: PrepareConfig, data_dir: Path) -> tuple[ak.Array, dict]:
+    from wtag.sources.cms_ntuple import read_cms_ntuple
+    from wtag.sources.remote import resolve_inputs
+
+    paths = resolve_inputs(list(config.inputs), data_dir / "downloads")
+    jets = read_cms_ntuple(paths)
+    return jets, {"files": [str(p) for p in paths], "jets_read": len(jets)}
+
+
+def _splits_from_jets(jets: ak.Array, config: PrepareConfig, progress: bool) -> dict[str, Split]:
+    from wtag import features
+    from wtag.jets import select
+
+    jets = select(jets)
+    if len(jets) == 0:
+        raise WtagError("no jets pass the selection 200 < pT < 500 GeV, |eta| < 2")
+    label = ak.to_numpy(jets["jet_isW_ak7"]).astype(np.int32)
+    if np.any(label == schema.LABEL_UNKNOWN):
+        raise WtagError(f"{int((label == schema.LABEL_UNKNOWN).sum())} of {len(label)} selected jets have no "
+                        "truth label (jet_isW_ak7 = -1, e.g. collision data): such jets can be scored, not trained on")
+    jets, label = _cap_per_class(jets, label, config)
+    _require_both_classes(label)
+    inputs = features.model_inputs(jets, (schema.INPUT_HL, schema.INPUT_IMAGES, schema.INPUT_PARTICLES))
+    base_weight = ak.to_numpy(jets["weight"]).astype(np.float64)
+    base_weight = np.where(np.isfinite(base_weight) & (base_weight > 0), base_weight, 1.0)
+    pt = ak.to_numpy(jets["jet_pt_ak7"]).astype(np.float32)
+    msd = ak.to_numpy(jets["jet_msd_ak7"]).astype(np.float32)
+    return _split_arrays(label, pt, msd, base_weight, inputs, config)
+
+
+def _splits_from_images(config: PrepareConfig, data_dir: Path) -> dict[str, Split]:
+    from wtag.features.images import image_statistics
+    from wtag.sources.cms_images import read_cms_images
+    from wtag.sources.remote import resolve_inputs
+
+    paths = resolve_inputs(list(config.inputs), data_dir / "downloads")
+    images_parts, label_parts = zip(*(read_cms_images(p) for p in paths))
+    images = np.concatenate(images_parts)
+    label = np.concatenate(label_parts).astype(np.int32)
+    _require_both_classes(label)
+    if config.n_jets:
+        keep = _cap_index(label, config.n_jets, config.seed)
+        images, label = images[keep], label[keep]
+    stats = image_statistics(images)
+    pt = stats["total_pt"].astype(np.float32)
+    msd = stats["image_mass"].astype(np.float32)
+    inputs = {schema.INPUT_IMAGES: images.astype(np.float32)}
+    return _split_arrays(label, pt, msd, np.ones(len(label)), inputs, config)
+
+
+def _require_both_classes(label: np.ndarray) -> None:
+    n_sig, n_bkg = int((label == 1).sum()), int((label == 0).sum())
+    if n_sig < 5 or n_bkg < 5:
+        raise WtagError(f"need at least 5 signal and 5 background jets to split, got {n_sig} and {n_bkg}")
+
+
+def _cap_index(label: np.ndarray, n_total: int, seed: int) -> np.ndarray:
+    """A class-balanced-in-proportion random subset of at most ``n_total`` jets (sorted indices)."""
+    if n_total >= len(label):
+        return np.arange(len(label))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(len(label), size=n_total, replace=False))
+
+
+def _cap_per_class(jets: ak.Array, label: np.ndarray, config: PrepareConfig) -> tuple[ak.Array, np.ndarray]:
+    if config.source == "pythia" or not config.n_jets:
+        return jets, label
+    keep = _cap_index(label, config.n_jets, config.seed)
+    return jets[keep], label[keep]
+
+
+def _split_arrays(label: np.ndarray, pt: np.ndarray, msd: np.ndarray, base_weight: np.ndarray,
+                  inputs: dict[str, np.ndarray], config: PrepareConfig) -> dict[str, Split]:
+    index = stratified_split(label, config.seed, config.val_fraction, config.test_fraction)
+    splits = {}
+    for name in SPLITS:
+        i = index[name]
+        weight = flat_pt_weights(pt[i].astype(np.float64), label[i], base_weight[i])
+        splits[name] = Split(label=label[i], weight=weight, msd=msd[i], pt=pt[i],
+                             **{k: v[i] for k, v in inputs.items()})
+    return splits
+
+
+def prepare(config: PrepareConfig, data_dir: Path, workers: int | None = None,
+            progress: bool = True) -> PreparedDataset:
+    """Build (or reuse) the prepared dataset for ``config`` under ``data_dir``."""
+    root = data_dir / "prepared" / config.key()
+    if (root / "manifest.json").is_file():
+        return load_prepared(root)
+    workers = workers or os.cpu_count() or 1
+    provenance: dict[str, object]
+    if config.source == "pythia":
+        jets, provenance = _generate(config, data_dir, workers, progress)
+        splits = _splits_from_jets(jets, config, progress)
+    elif config.source == "cms-ntuple":
+        jets, provenance = _import_ntuple(config, data_dir)
+        splits = _splits_from_jets(jets, config, progress)
+    else:
+        splits = _splits_from_images(config, data_dir)
+        provenance = {"files": list(config.inputs)}
+    standardization = Standardization.fit(splits["train"])
+    manifest = {
+        "source": config.source,
+        "params": config.params(),
+        "provenance": provenance,
+        "inputs": list(splits["train"].available()),
+        "hl_features": list(schema.HL_FEATURES),
+        "particle_features": list(schema.PARTICLE_FEATURES),
+        "max_particles": schema.MAX_PARTICLES,
+    }
+    save_prepared(root, manifest, splits, standardization)
+    return load_prepared(root)
+
+
+def log_prepared(ds: PreparedDataset) -> None:
+    """Log the dataset (``mlflow.log_input`` per split), its manifest and input plots to the active run."""
+    import mlflow
+    import pandas as pd
+
+    from wtag import plots
+
+    name = f"wtag-{ds.source}-{ds.digest[:8]}"
+    for split_name in SPLITS:
+        split = ds.split(split_name)
+        if split.hl is not None:
+            frame = pd.DataFrame(split.hl, columns=list(schema.HL_FEATURES))
+            frame["label"] = split.label
+            frame["weight"] = split.weight
+            dataset = mlflow.data.from_pandas(frame, source=str(ds.root), targets="label", name=name,
+                                              digest=ds.digest[:16])
+        else:
+            dataset = mlflow.data.from_numpy(split.images, targets=split.label, source=str(ds.root), name=name,
+                                             digest=ds.digest[:16])
+        mlflow.log_input(dataset, context=split_name)
+    mlflow.log_params({"dataset_digest": ds.digest, "dataset_path": str(ds.root),
+                       **{f"n_{s}": len(ds.split(s)) for s in SPLITS}})
+    mlflow.set_tag("wtag.dataset_digest", ds.digest)
+    mlflow.log_artifact(str(ds.root / "manifest.json"))
+    mlflow.log_artifact(str(ds.root / "standardization.json"))
+    train = ds.train
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        table: dict[str, np.ndarray] = {"jet pT [GeV]": train.pt, "soft-drop mass [GeV]": train.msd}
+        if train.hl is not None:
+            for col in ("jet_mass_ak7", "jet_tau21_ak7", "jet_tau32_ak7", "jet_ncand_ak7"):
+                table[col] = train.hl[:, schema.HL_FEATURES.index(col)]
+        plots.plot_feature_distributions(table, train.label, tmp_path / "features.png")
+        plots.plot_feature_distributions(table, train.label, tmp_path / "features_weighted.png", weight=train.weight)
+        if train.images is not None:
+            plots.plot_average_images(train.images, train.label, tmp_path / "average_images.png")
+        mlflow.log_artifacts(tmp, artifact_path="plots")

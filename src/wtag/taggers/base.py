@@ -1,0 +1,81 @@
+"""The small interface every tagger family implements, so train, evaluate and export treat them alike."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from wtag.dataset import Split, Standardization
+from wtag.errors import WtagError
+
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training settings shared by all taggers (each tagger ignores what does not apply to it)."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    patience: int = 5
+    seed: int = 42
+    verbose: bool = False
+
+
+class Tagger(abc.ABC):
+    """A W tagger: fit on a prepared Split, score raw inputs in [0, 1], log itself to MLflow, export to ONNX.
+
+    ``inputs`` names the model inputs it consumes (schema.INPUT_HL / INPUT_IMAGES / INPUT_PARTICLES); the
+    ONNX graph has exactly those inputs (raw, un-standardized, dynamic batch axis) and one output "score".
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]]
+    flavor: ClassVar[str]  # MLflow flavor used by log_model: "keras", "xgboost" or "pyfunc"
+
+    def __init__(self, config: TrainConfig, standardization: Standardization) -> None:
+        self.config = config
+        self.standardization = standardization
+
+    @abc.abstractmethod
+    def fit(self, train: Split, val: Split, on_epoch_end: EpochCallback | None = None) -> dict[str, list[float]]:
+        """Train; return the per-epoch history (``loss``, ``val_loss``, ``val_auc`` where they apply)."""
+
+    @abc.abstractmethod
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Signal scores in [0, 1], shape (N,), for raw model inputs keyed by input name."""
+
+    @abc.abstractmethod
+    def hyperparameters(self) -> dict[str, Any]:
+        """Everything that defines the model, for logging as MLflow parameters."""
+
+    @abc.abstractmethod
+    def log_model(self, name: str, input_example: Mapping[str, np.ndarray]) -> Any:
+        """Log the model in its native MLflow flavor with signature and input example; return the ModelInfo."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load_logged(cls, model_uri: str, config: TrainConfig, standardization: Standardization) -> Tagger:
+        """Rebuild the tagger from a model logged by ``log_model`` (for evaluation and ONNX export)."""
+
+    @abc.abstractmethod
+    def to_onnx(self) -> Any:
+        """The model as an ``onnx.ModelProto`` with raw inputs named as ``inputs`` and one output "score"."""
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Fail with a message naming the input when a required array is missing or mis-shaped."""
+        from wtag.taggers import expected_shape
+
+        for name in self.inputs:
+            if name not in inputs:
+                raise WtagError(f"tagger '{self.name}' needs input '{name}', got {', '.join(inputs) or 'none'}")
+            arr = np.asarray(inputs[name])
+            want = expected_shape(name)
+            if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
+                raise WtagError(f"tagger '{self.name}': input '{name}' has shape {arr.shape}, expected (N, "
+                                + ", ".join(str(d) for d in want) + ")")

@@ -1,0 +1,181 @@
+"""The ``train`` step: one parent MLflow run, one nested run per tagger, each with metrics, model and plots.
+
+Every tagger run records what evaluation and export need to find it again: the tagger name, the dataset
+digest and the test-set scores (``test_scores.npz``), under tags prefixed ``wtag.``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from wtag import schema
+from wtag.dataset import PreparedDataset
+from wtag.errors import WtagError
+from wtag.taggers import TAGGER_NAMES, Tagger, TrainConfig, build_tagger, tagger_class
+
+TEST_SCORES = "test_scores.npz"
+MODEL_NAME = "model"
+
+
+@dataclasses.dataclass
+class TaggerResult:
+    name: str
+    run_id: str
+    metrics: dict[str, float]
+    scores: np.ndarray
+
+
+def resolve_models(model: str) -> list[str]:
+    """``all`` or a comma-separated list of tagger names, validated."""
+    names = list(TAGGER_NAMES) if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
+    if not names:
+        raise WtagError("model parameter is empty (use 'all' or tagger names)")
+    for name in names:
+        tagger_class(name)
+    return names
+
+
+def runnable(names: Sequence[str], ds: PreparedDataset) -> list[str]:
+    """Taggers whose inputs the dataset has; each skipped one gets a one-line message."""
+    have = set(ds.train.available())
+    keep = []
+    for name in names:
+        need = tagger_class(name).inputs
+        if set(need) <= have:
+            keep.append(name)
+        else:
+            print(f"skipping {name}: source '{ds.source}' provides {', '.join(sorted(have))}, "
+                  f"{name} needs {', '.join(need)}", file=sys.stderr)
+    if not keep:
+        raise WtagError(f"none of the requested taggers can train on source '{ds.source}'")
+    return keep
+
+
+def _log_epoch(epoch: int, logs: dict[str, float]) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in logs.items() if np.isfinite(v)}, step=epoch)
+
+
+def _run_name(name: str, ds: PreparedDataset) -> str:
+    return f"{name}-{ds.source}-{len(ds.train) + len(ds.val) + len(ds.test)}"
+
+
+def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
+              baseline: TaggerResult | None) -> TaggerResult:
+    """Train, test and log one tagger in a nested run of the active parent run."""
+    import mlflow
+
+    from wtag import metrics, plots
+    from wtag.tracking import tracked_run
+
+    tagger: Tagger = build_tagger(name, config, ds.standardization)
+    params = {**tagger.hyperparameters(), **dataclasses.asdict(config), "tagger": name, "source": ds.source,
+              "dataset_digest": ds.digest, "n_train": len(ds.train), "n_val": len(ds.val), "n_test": len(ds.test)}
+    description = (f"{name} ({tagger.family}) trained on {len(ds.train)} {ds.source} jets, "
+                   f"inputs {', '.join(tagger.inputs)}")
+    tags = {"wtag.tagger": name, "wtag.family": tagger.family, "wtag.dataset_digest": ds.digest,
+            "wtag.source": ds.source}
+    with tracked_run("train_tagger", _run_name(name, ds), description, params, nested=True, tags=tags) as run:
+        _log_dataset_input(ds)
+        start = time.perf_counter()
+        history = tagger.fit(ds.train, ds.val, on_epoch_end=_log_epoch)
+        train_time = time.perf_counter() - start
+        test_inputs = ds.test.inputs(tagger.inputs)
+        start = time.perf_counter()
+        scores = np.asarray(tagger.predict(test_inputs), dtype=np.float64)
+        predict_time = time.perf_counter() - start
+        result = metrics.summary(ds.test.label, scores, ds.test.msd)
+        mlflow.log_metrics({**result, "train_time_s": train_time,
+                            "test_predict_ms_per_1k": 1000.0 * predict_time / max(len(scores), 1) * 1000.0,
+                            "epochs_trained": float(len(history.get("loss", [])))})
+        example = {k: v[:5] for k, v in test_inputs.items()}
+        tagger.log_model(MODEL_NAME, example)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
+            np.savez(tmp_path / TEST_SCORES, score=scores.astype(np.float32), label=ds.test.label,
+                     msd=ds.test.msd)
+            mlflow.log_artifact(str(tmp_path / TEST_SCORES))
+            curves = {name: (ds.test.label, scores)}
+            if baseline is not None and baseline.name != name:
+                curves[baseline.name] = (ds.test.label, baseline.scores)
+            plots.plot_roc(curves, tmp_path / "roc.png", baseline=baseline.name if baseline else None)
+            plots.plot_scores(ds.test.label, scores, tmp_path / "scores.png", name)
+            plots.plot_mass_sculpting(ds.test.msd, ds.test.label, scores, tmp_path / "mass_sculpting.png", name)
+            if history.get("loss"):
+                plots.plot_training_curves(history, tmp_path / "training_curves.png", name)
+            importance = getattr(tagger, "feature_importance", None)
+            if callable(importance):
+                imp = importance()
+                plots.plot_feature_importance(list(imp), list(imp.values()), tmp_path / "feature_importance.png")
+            mlflow.log_artifacts(tmp, artifact_path="plots")
+        print(f"{name:>13}: test_auc={result['test_auc']:.4f} r50={result['test_r50']:.1f} "
+              f"r30={result['test_r30']:.1f} sculpting={result['test_mass_sculpting']:.3f} "
+              f"({train_time:.0f} s)", file=sys.stderr)
+        return TaggerResult(name=name, run_id=run.info.run_id, metrics={**result, "train_time_s": train_time},
+                            scores=scores)
+
+
+def _log_dataset_input(ds: PreparedDataset) -> None:
+    import mlflow
+
+    split = ds.test
+    if split.hl is not None:
+        import pandas as pd
+
+        frame = pd.DataFrame(split.hl, columns=list(schema.HL_FEATURES))
+        frame["label"] = split.label
+        dataset = mlflow.data.from_pandas(frame, source=str(ds.root), targets="label",
+                                          name=f"wtag-{ds.source}-{ds.digest[:8]}", digest=ds.digest[:16])
+    else:
+        dataset = mlflow.data.from_numpy(split.images, targets=split.label, source=str(ds.root),
+                                         name=f"wtag-{ds.source}-{ds.digest[:8]}", digest=ds.digest[:16])
+    mlflow.log_input(dataset, context="test")
+
+
+def results_table(results: Sequence[TaggerResult]) -> str:
+    """A Markdown table of the taggers' test metrics and training time."""
+    head = "| tagger | test_auc | test_r50 | test_r30 | test_mass_sculpting | train time [s] |\n|---|---|---|---|---|---|\n"
+    rows = "".join(
+        f"| {r.name} | {r.metrics['test_auc']:.4f} | {r.metrics['test_r50']:.1f} | {r.metrics['test_r30']:.1f} "
+        f"| {r.metrics['test_mass_sculpting']:.3f} | {r.metrics['train_time_s']:.0f} |\n" for r in results)
+    return head + rows
+
+
+def train(ds: PreparedDataset, model: str, config: TrainConfig, prepare_run_id: str | None = None,
+          run_id: str | None = None) -> str:
+    """Train the requested taggers under one parent run; return the parent run id.
+
+    The cut tagger is trained first whenever it is requested, so every other tagger's ROC plot carries it as
+    the baseline.
+    """
+    import mlflow
+
+    from wtag.tracking import tracked_run
+
+    names = runnable(resolve_models(model), ds)
+    if "cut" in names:
+        names = ["cut"] + [n for n in names if n != "cut"]
+    params = {"model": model, "source": ds.source, "dataset_digest": ds.digest, **dataclasses.asdict(config)}
+    description = f"train {', '.join(names)} on {len(ds.train)} {ds.source} jets (dataset {ds.digest[:8]})"
+    tags = {"wtag.dataset_digest": ds.digest, "wtag.source": ds.source,
+            **({"wtag.prepare_run_id": prepare_run_id} if prepare_run_id else {})}
+    with tracked_run("train", f"train-{model}-{ds.source}-{len(ds.train)}", description, params, tags=tags,
+                     run_id=run_id) as parent:
+        results: list[TaggerResult] = []
+        baseline: TaggerResult | None = None
+        for name in names:
+            result = train_one(name, ds, config, baseline)
+            if name == "cut":
+                baseline = result
+            results.append(result)
+        table = results_table(results)
+        mlflow.log_text(table, "results.md")
+        print(table, file=sys.stderr)
+        return str(parent.info.run_id)
