@@ -85,15 +85,20 @@ def start_server(paths: ServerPaths, host: str = "127.0.0.1", port: int = 5000, 
         "--artifacts-destination", str(paths.artifacts.resolve()),
         "--workers", "1",
     ]
-    log = open(paths.log, "ab")  # noqa: SIM115 - handed to the child process
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    log.close()
-    paths.pidfile.write_text(f"{proc.pid}\n")
+    # posix_spawn, not Popen: the server outlives this function, and a dropped Popen warns on deletion.
+    with open(paths.log, "ab") as log:
+        pid = os.posix_spawn(sys.executable, cmd, env, setsid=True,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, log.fileno(), 1),
+                                           (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
+                                           (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
+    paths.pidfile.write_text(f"{pid}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
             paths.pidfile.unlink(missing_ok=True)
-            raise WtagError(f"mlflow server exited with code {proc.returncode}; log {paths.log}:\n{_tail(paths.log)}")
+            raise WtagError(f"mlflow server exited with code {os.waitstatus_to_exitcode(status)}; "
+                            f"log {paths.log}:\n{_tail(paths.log)}")
         if is_healthy(uri, timeout=1.0):
             return uri
         time.sleep(0.25)
