@@ -46,8 +46,9 @@ def prepare_step(config: PrepareConfig, data_dir: Path, experiment_id: str, work
 def train_step(config: PrepareConfig, data_dir: Path, experiment_id: str, model: str, train_config: TrainConfig,
                workers: int | None = None, run_id: str | None = None, reuse: bool = False) -> str:
     """Prepare (reusing) then train; with ``reuse`` a finished identical train run is returned instead."""
-    from wtag.training import train
+    from wtag.training import resolve_models, train
 
+    resolve_models(model)  # a bad tagger name fails before any data is generated
     prep_run_id, ds = prepare_step(config, data_dir, experiment_id, workers=workers)
     if reuse:
         params = {"model": model, "dataset_digest": ds.digest, **dataclasses.asdict(train_config)}
