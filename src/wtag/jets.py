@@ -28,6 +28,25 @@ def _cand_dtype(name: str) -> type:
     return np.int32 if name in schema.INT_CAND_BRANCHES else np.float64
 
 
+def _flat(name: str, values: object) -> np.ndarray:
+    """A per-jet column as a 1-D numpy array (any array-like: list, numpy, flat awkward)."""
+    array = values if isinstance(values, np.ndarray) else ak.Array(values)
+    if array.ndim != 1:
+        raise WtagError(f"jet column {name} must hold one number per jet, got {array.ndim} dimensions")
+    return array if isinstance(array, np.ndarray) else ak.to_numpy(array)
+
+
+def _jagged(name: str, values: object) -> ak.Array:
+    """A constituent column as ``var * dtype``; an empty column has no inferable type, so it gets one here."""
+    array = ak.Array(values)
+    dtype = np.dtype(_cand_dtype(name))
+    if len(array) == 0:
+        return ak.enforce_type(array, f"var * {dtype.name}")
+    if array.ndim != 2:
+        raise WtagError(f"jet column {name} must hold a list of numbers per jet, got type {array.type}")
+    return ak.values_astype(array, dtype)
+
+
 def make_jets(columns: Mapping[str, object]) -> ak.Array:
     """Build a canonical jet array from columns, casting to the schema's dtypes.
 
@@ -42,14 +61,14 @@ def make_jets(columns: Mapping[str, object]) -> ak.Array:
     for name in ALL_SCALARS:
         dtype = _scalar_dtype(name)
         if name in columns:
-            values = np.asarray(ak.to_numpy(ak.Array(columns[name])) if not isinstance(columns[name], np.ndarray) else columns[name])
+            values = _flat(name, columns[name])
             if len(values) != n:
                 raise WtagError(f"jet column {name} has {len(values)} entries, expected {n}")
             out[name] = values.astype(dtype, copy=False)
         else:
             out[name] = np.full(n, -1 if dtype is np.int32 else np.nan, dtype=dtype)
     for name in schema.CAND_BRANCHES:
-        values = ak.values_astype(ak.Array(columns[name]), _cand_dtype(name))
+        values = _jagged(name, columns[name])
         if len(values) != n:
             raise WtagError(f"jet column {name} has {len(values)} entries, expected {n}")
         out[name] = values
@@ -78,30 +97,45 @@ def read_jets(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     """Read and concatenate ``jets`` trees; a missing tree or branch is a WtagError naming the file."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    parts = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise WtagError(f"{path}: no such file")
-        try:
-            f = uproot.open(path)
-        except Exception as exc:  # uproot raises many types for corrupt files
-            raise WtagError(f"{path}: not a readable ROOT file ({type(exc).__name__}: {exc})") from None
-        with f:
-            if schema.TREE_NAME not in f:
-                raise WtagError(f"{path}: no TTree named '{schema.TREE_NAME}'")
-            tree = f[schema.TREE_NAME]
-            wanted = list(ALL_SCALARS + schema.CAND_BRANCHES)
-            missing = [b for b in wanted if b not in tree.keys()]
-            if missing:
-                raise WtagError(f"{path}: tree '{schema.TREE_NAME}' lacks branches {', '.join(missing)}")
-            try:
-                parts.append(tree.arrays(wanted))
-            except Exception as exc:
-                raise WtagError(f"{path}: cannot read tree '{schema.TREE_NAME}' ({type(exc).__name__}: {exc})") from None
+    parts = [_read_tree(Path(p)) for p in paths]
     if not parts:
         raise WtagError("no input files given")
     return make_jets({name: ak.concatenate([p[name] for p in parts]) for name in parts[0].fields})
+
+
+def _read_tree(path: Path) -> ak.Array:
+    """One file's ``jets`` tree; any failure, however uproot reports it, is a one-line WtagError."""
+    if not path.is_file():
+        raise WtagError(f"{path}: no such file")
+    try:
+        f = uproot.open(path)
+    except Exception as exc:  # uproot raises many types for corrupt files
+        raise WtagError(f"{path}: not a readable ROOT file ({_describe(exc)})") from None
+    with f:
+        try:
+            names = f.keys(cycle=False)
+            tree = f[schema.TREE_NAME] if schema.TREE_NAME in names else None
+        except Exception as exc:
+            raise WtagError(f"{path}: cannot read the file's directory ({_describe(exc)})") from None
+        if tree is None:
+            found = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") if names else "nothing"
+            raise WtagError(f"{path}: no TTree named '{schema.TREE_NAME}' (found: {found})")
+        if not isinstance(tree, uproot.TTree):
+            kind = getattr(tree, "classname", type(tree).__name__)
+            raise WtagError(f"{path}: '{schema.TREE_NAME}' is a {kind}, not a TTree")
+        wanted = list(ALL_SCALARS + schema.CAND_BRANCHES)
+        missing = [b for b in wanted if b not in tree.keys()]
+        if missing:
+            raise WtagError(f"{path}: tree '{schema.TREE_NAME}' lacks branches {', '.join(missing)}")
+        try:
+            return tree.arrays(wanted)
+        except Exception as exc:
+            raise WtagError(f"{path}: cannot read tree '{schema.TREE_NAME}' ({_describe(exc)})") from None
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception on one line (uproot's messages span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def select(jets: ak.Array, pt_min: float = schema.JET_PT_MIN, pt_max: float = schema.JET_PT_MAX,
