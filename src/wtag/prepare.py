@@ -215,25 +215,35 @@ def prepare(config: PrepareConfig, data_dir: Path, workers: int | None = None,
     return load_prepared(root)
 
 
+def mlflow_dataset(ds: PreparedDataset, split_name: str):
+    """The split as an MLflow dataset (the high-level table, or the images for the images-only source),
+    named and digested by the prepared dataset's content digest."""
+    import mlflow
+    import pandas as pd
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    # The local-artifact source is registered twice in MLflow 3.17, so resolving a path warns; build it.
+    local_source = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+    source = local_source(str(ds.root.resolve()))
+    name = f"wtag-{ds.source}-{split_name}"  # MLflow keeps one context per (name, digest)
+    split = ds.split(split_name)
+    if split.hl is not None:
+        frame = pd.DataFrame(split.hl, columns=list(schema.HL_FEATURES))
+        frame["label"] = split.label
+        frame["weight"] = split.weight
+        return mlflow.data.from_pandas(frame, source=source, targets="label", name=name, digest=ds.digest[:16])
+    return mlflow.data.from_numpy(split.images, targets=split.label, source=source, name=name,
+                                  digest=ds.digest[:16])
+
+
 def log_prepared(ds: PreparedDataset) -> None:
     """Log the dataset (``mlflow.log_input`` per split), its manifest and input plots to the active run."""
     import mlflow
-    import pandas as pd
 
     from wtag import plots
 
-    name = f"wtag-{ds.source}-{ds.digest[:8]}"
     for split_name in SPLITS:
-        split = ds.split(split_name)
-        if split.hl is not None:
-            frame = pd.DataFrame(split.hl, columns=list(schema.HL_FEATURES))
-            frame["label"] = split.label
-            frame["weight"] = split.weight
-            dataset = mlflow.data.from_pandas(frame, source=str(ds.root), targets="label", name=name,
-                                              digest=ds.digest[:16])
-        else:
-            dataset = mlflow.data.from_numpy(split.images, targets=split.label, source=str(ds.root), name=name,
-                                             digest=ds.digest[:16])
+        dataset = mlflow_dataset(ds, split_name)
         mlflow.log_input(dataset, context=split_name)
     mlflow.log_params({"dataset_digest": ds.digest, "dataset_path": str(ds.root),
                        **{f"n_{s}": len(ds.split(s)) for s in SPLITS}})

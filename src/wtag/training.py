@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from wtag import schema
 from wtag.dataset import PreparedDataset
 from wtag.errors import WtagError
 from wtag.taggers import TAGGER_NAMES, Tagger, TrainConfig, build_tagger, tagger_class
@@ -125,18 +124,9 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
 def _log_dataset_input(ds: PreparedDataset) -> None:
     import mlflow
 
-    split = ds.test
-    if split.hl is not None:
-        import pandas as pd
+    from wtag.prepare import mlflow_dataset
 
-        frame = pd.DataFrame(split.hl, columns=list(schema.HL_FEATURES))
-        frame["label"] = split.label
-        dataset = mlflow.data.from_pandas(frame, source=str(ds.root), targets="label",
-                                          name=f"wtag-{ds.source}-{ds.digest[:8]}", digest=ds.digest[:16])
-    else:
-        dataset = mlflow.data.from_numpy(split.images, targets=split.label, source=str(ds.root),
-                                         name=f"wtag-{ds.source}-{ds.digest[:8]}", digest=ds.digest[:16])
-    mlflow.log_input(dataset, context="test")
+    mlflow.log_input(mlflow_dataset(ds, "test"), context="test")
 
 
 def results_table(results: Sequence[TaggerResult]) -> str:

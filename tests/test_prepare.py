@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from wtag.errors import WtagError
+from wtag.pipeline import prepare_step
+from wtag.prepare import PrepareConfig, prepare
+from wtag.tracking import configure
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"source": "nope"}, "unknown source 'nope'"),
+    ({"source": "pythia", "n_jets": 0}, "must be positive"),
+    ({"source": "cms-images"}, "needs input files"),
+    ({"signal": "zjets"}, "unknown signal process"),
+    ({"pileup": -1.0}, "pileup=-1.0"),
+])
+def test_bad_parameters_are_named(kwargs, needle):
+    with pytest.raises(WtagError, match=needle):
+        PrepareConfig(**kwargs)
+
+
+def test_key_depends_on_every_parameter():
+    base = PrepareConfig()
+    others = [PrepareConfig(seed=2), PrepareConfig(n_jets=7), PrepareConfig(pileup=3.0), PrepareConfig(signal="wjets"),
+              PrepareConfig(val_fraction=0.1)]
+    assert len({base.key(), *(o.key() for o in others)}) == 1 + len(others)
+    assert base.key() == PrepareConfig().key()
+
+
+def test_cms_images_prepare_is_stratified_deterministic_and_reused(shared_data, tmp_path):
+    config = PrepareConfig(source="cms-images", inputs=(str(shared_data / "cms2011_tt_qcd_jet_images.h5"),), seed=5)
+    ds = prepare(config, tmp_path / "a", progress=False)
+    counts = ds.manifest["counts"]
+    assert sum(c["jets"] for c in counts.values()) == 5126
+    assert sum(c["signal"] for c in counts.values()) == 1821
+    for name in ("train", "val", "test"):
+        frac = counts[name]["signal"] / counts[name]["jets"]
+        assert abs(frac - 1821 / 5126) < 0.01
+    assert ds.train.images.shape[1:] == (30, 30, 1) and ds.train.images.dtype == np.float32
+    assert ds.train.hl is None and ds.train.particles is None
+    assert ds.standardization.image_scale == pytest.approx(ds.train.images.sum(axis=(1, 2, 3)).mean(), rel=1e-5)
+    # msd of the images-only source is the image mass: W jets peak near the W mass, QCD lower
+    assert 70 < np.median(ds.train.msd[ds.train.label == 1]) < 100
+    assert np.median(ds.train.msd[ds.train.label == 0]) < np.median(ds.train.msd[ds.train.label == 1])
+    manifest = ds.root / "manifest.json"
+    mtime = manifest.stat().st_mtime_ns
+    again = prepare(config, tmp_path / "a", progress=False)
+    assert again.digest == ds.digest and manifest.stat().st_mtime_ns == mtime
+    assert prepare(config, tmp_path / "b", progress=False).digest == ds.digest
+
+
+def test_collision_data_cannot_be_trained_on(shared_data, tmp_path):
+    files = tuple(str(p) for p in sorted(shared_data.glob("cms2011a_jet_pfcands_params*.npy")))
+    config = PrepareConfig(source="cms-ntuple", inputs=files)
+    with pytest.raises(WtagError, match="no truth label"):
+        prepare(config, tmp_path, progress=False)
+    assert not (tmp_path / "prepared").exists() or not any((tmp_path / "prepared").iterdir())
+
+
+def test_prepare_step_logs_dataset_manifest_and_plots_then_reuses(shared_data, tmp_path, tracking_uri):
+    exp = configure(tracking_uri, "wtag-test-prepare")
+    config = PrepareConfig(source="cms-images", inputs=(str(shared_data / "cms2011_tt_qcd_jet_images.h5"),),
+                           n_jets=600)
+    run_id, ds = prepare_step(config, tmp_path, exp, progress=False)
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["dataset_digest"] == ds.digest
+    assert run.data.params["n_jets"] == "600"
+    assert sum(int(run.data.params[f"n_{s}"]) for s in ("train", "val", "test")) == 600
+    contexts = {d.tags[0].value for d in run.inputs.dataset_inputs}
+    assert contexts == {"train", "val", "test"}
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert {"manifest.json", "standardization.json", "plots/average_images.png", "plots/features.png"} <= artifacts
+    again, ds2 = prepare_step(config, tmp_path, exp, progress=False)
+    assert again == run_id and ds2.digest == ds.digest
