@@ -67,7 +67,7 @@ PARTICLE_FEATURES = (
     "pt",  # GeV
     "deta",  # eta - jet eta
     "dphi",  # phi - jet phi, wrapped to (-pi, pi]
-    "log_pt_rel",  # log(pt / jet pt)
+    "log_pt_rel",  # log(pt / pT of the constituents' vector sum), the same for real and simulated jets
     "dr",  # sqrt(deta^2 + dphi^2)
     "charge",
     "is_charged_hadron",
