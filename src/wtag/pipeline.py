@@ -6,7 +6,6 @@ that TensorFlow is imported once.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def train_step(config: PrepareConfig, data_dir: Path, experiment_id: str, model:
     resolve_models(model)  # a bad tagger name fails before any data is generated
     prep_run_id, ds = prepare_step(config, data_dir, experiment_id, workers=workers)
     if reuse:
-        params = {"model": model, "dataset_digest": ds.digest, **dataclasses.asdict(train_config)}
+        params = {"model": model, "dataset_digest": ds.digest, **train_config.params()}
         previous = find_finished_run(experiment_id, "train", params)
         if previous is not None:
             _say(f"train: reusing run {previous.info.run_id}")
@@ -66,7 +65,7 @@ def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, mod
     from wtag.evaluation import evaluate_step
     from wtag.onnx_export import export_step
 
-    params = {**config.params(), "model": model, "metric": metric, **dataclasses.asdict(train_config)}
+    params = {**config.params(), "model": model, "metric": metric, **train_config.params()}
     description = f"pipeline: prepare {config.source}, train {model}, evaluate by {metric}, export champion"
     with tracked_run("main", f"main-{config.source}-{config.n_jets}", description, params, run_id=run_id):
         import mlflow

@@ -229,7 +229,7 @@ def mlflow_dataset(ds: PreparedDataset, split_name: str):
     split = ds.split(split_name)
     if split.hl is not None:
         frame = pd.DataFrame(split.hl, columns=list(schema.HL_FEATURES))
-        frame["label"] = split.label
+        frame["label"] = split.label.astype(np.float64)  # integer columns make MLflow warn about NaN
         frame["weight"] = split.weight
         return mlflow.data.from_pandas(frame, source=source, targets="label", name=name, digest=ds.digest[:16])
     return mlflow.data.from_numpy(split.images, targets=split.label, source=source, name=name,

@@ -249,7 +249,9 @@ def tracked_run(entry_point: str, run_name: str, description: str, params: Mappi
     with mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=all_tags,
                           description=description) as run:
         try:
-            mlflow.log_params({k: _as_param(v) for k, v in params.items()})
+            # A run resumed from `mlflow run` already holds the MLproject parameters as typed by the user.
+            existing = mlflow.get_run(run.info.run_id).data.params if run_id else {}
+            mlflow.log_params({k: _as_param(v) for k, v in params.items() if k not in existing})
             yield run
         except BaseException:
             mlflow.end_run(status="FAILED")

@@ -9,7 +9,7 @@ import dataclasses
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +56,34 @@ def runnable(names: Sequence[str], ds: PreparedDataset) -> list[str]:
     return keep
 
 
-def _log_epoch(epoch: int, logs: dict[str, float]) -> None:
-    import mlflow
+class EpochLogger:
+    """Per-epoch metrics to the active run, batched: live for slow Keras epochs, one request per second at
+    most for the hundreds of boosting rounds XGBoost reports at once."""
 
-    mlflow.log_metrics({k: float(v) for k, v in logs.items() if np.isfinite(v)}, step=epoch)
+    def __init__(self, run_id: str, interval_s: float = 1.0) -> None:
+        self.run_id = run_id
+        self.interval_s = interval_s
+        self.pending: list = []
+        self.last_flush = time.monotonic()
+
+    def __call__(self, epoch: int, logs: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now_ms = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now_ms, epoch) for k, v in logs.items() if np.isfinite(v)]
+        if time.monotonic() - self.last_flush >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if not self.pending:
+            return
+        client = MlflowClient()
+        for start in range(0, len(self.pending), 1000):  # the server's batch limit
+            client.log_batch(self.run_id, metrics=self.pending[start:start + 1000], synchronous=True)
+        self.pending = []
+        self.last_flush = time.monotonic()
 
 
 def _run_name(name: str, ds: PreparedDataset) -> str:
@@ -75,7 +99,7 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
     from wtag.tracking import tracked_run
 
     tagger: Tagger = build_tagger(name, config, ds.standardization)
-    params = {**tagger.hyperparameters(), **dataclasses.asdict(config), "tagger": name, "source": ds.source,
+    params = {**config.params(), **tagger.hyperparameters(), "tagger": name, "source": ds.source,
               "dataset_digest": ds.digest, "n_train": len(ds.train), "n_val": len(ds.val), "n_test": len(ds.test)}
     description = (f"{name} ({tagger.family}) trained on {len(ds.train)} {ds.source} jets, "
                    f"inputs {', '.join(tagger.inputs)}")
@@ -84,7 +108,9 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
     with tracked_run("train_tagger", _run_name(name, ds), description, params, nested=True, tags=tags) as run:
         _log_dataset_input(ds)
         start = time.perf_counter()
-        history = tagger.fit(ds.train, ds.val, on_epoch_end=_log_epoch)
+        epoch_logger = EpochLogger(run.info.run_id)
+        history = tagger.fit(ds.train, ds.val, on_epoch_end=epoch_logger)
+        epoch_logger.flush()
         train_time = time.perf_counter() - start
         test_inputs = ds.test.inputs(tagger.inputs)
         start = time.perf_counter()
@@ -98,9 +124,11 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
         tagger.log_model(MODEL_NAME, example)
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
-            np.savez(tmp_path / TEST_SCORES, score=scores.astype(np.float32), label=ds.test.label,
-                     msd=ds.test.msd)
+            with open(tmp_path / TEST_SCORES, "wb") as fh:
+                np.savez(fh, score=scores.astype(np.float32), label=ds.test.label, msd=ds.test.msd)
             mlflow.log_artifact(str(tmp_path / TEST_SCORES))
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
             curves = {name: (ds.test.label, scores)}
             if baseline is not None and baseline.name != name:
                 curves[baseline.name] = (ds.test.label, baseline.scores)
@@ -152,7 +180,7 @@ def train(ds: PreparedDataset, model: str, config: TrainConfig, prepare_run_id: 
     names = runnable(resolve_models(model), ds)
     if "cut" in names:
         names = ["cut"] + [n for n in names if n != "cut"]
-    params = {"model": model, "source": ds.source, "dataset_digest": ds.digest, **dataclasses.asdict(config)}
+    params = {"model": model, "source": ds.source, "dataset_digest": ds.digest, **config.params()}
     description = f"train {', '.join(names)} on {len(ds.train)} {ds.source} jets (dataset {ds.digest[:8]})"
     tags = {"wtag.dataset_digest": ds.digest, "wtag.source": ds.source,
             **({"wtag.prepare_run_id": prepare_run_id} if prepare_run_id else {})}

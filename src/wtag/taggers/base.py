@@ -25,6 +25,11 @@ class TrainConfig:
     seed: int = 42
     verbose: bool = False
 
+    def params(self) -> dict[str, object]:
+        """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there)."""
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                "patience": self.patience, "train_seed": self.seed}
+
 
 class Tagger(abc.ABC):
     """A W tagger: fit on a prepared Split, score raw inputs in [0, 1], log itself to MLflow, export to ONNX.

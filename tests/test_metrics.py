@@ -1,0 +1,165 @@
+"""Metrics against independent references: sklearn, scipy, hand-computed cases, perfect and random taggers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+from sklearn.metrics import roc_auc_score
+
+from wtag import metrics
+from wtag.errors import WtagError
+
+# Hand-made case: 4 W jets, 4 QCD jets, all scores distinct.
+Y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+S = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1])
+
+
+def _gaussian_tagger(n: int, separation: float, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.4).astype(np.int64)
+    score = 1.0 / (1.0 + np.exp(-(rng.normal(size=n) + separation * (2 * y - 1))))
+    return y, score
+
+
+def test_roc_curve_hand_computed() -> None:
+    eps_s, eps_b, thresholds = metrics.roc_curve(Y, S)
+    # Thresholds walk down the sorted scores; each step tags one more jet.
+    np.testing.assert_allclose(eps_s, [0, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(eps_b, [0, 0, 0, 0.25, 0.25, 0.5, 0.5, 0.75, 1.0])
+    assert np.isinf(thresholds[0]) and thresholds[-1] == pytest.approx(0.1)
+    assert np.all(np.diff(thresholds) < 0)
+
+
+def test_auc_matches_sklearn_and_hand_count() -> None:
+    # Pairs (W above QCD): 0.9, 0.8 beat all 4; 0.6 beats 3; 0.3 beats 2 -> 13 of 16.
+    assert metrics.roc_auc(Y, S) == pytest.approx(13 / 16)
+    y, score = _gaussian_tagger(5000, 1.0)
+    w = np.random.default_rng(2).uniform(0.1, 3.0, len(y))
+    assert metrics.roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    assert metrics.roc_auc(y, score, w) == pytest.approx(roc_auc_score(y, score, sample_weight=w), abs=1e-12)
+    assert metrics.roc_auc(y, score, w) != pytest.approx(metrics.roc_auc(y, score), abs=1e-6)
+
+
+def test_rejection_hand_computed() -> None:
+    # eps_S = 0.5 is reached with no QCD jet (0.9, 0.8 above 0.7): floored at half a jet -> 2 * 4 = 8.
+    assert metrics.background_efficiency(Y, S, 0.5) == 0.0
+    assert metrics.background_rejection(Y, S, 0.5) == pytest.approx(8.0)
+    # eps_S = 0.75 first reached at eps_B = 0.25 (0.6 tagged after the QCD 0.7).
+    assert metrics.background_rejection(Y, S, 0.75) == pytest.approx(4.0)
+    # eps_S = 0.625: the lowest eps_B at eps_S = 0.5 is 0 (below the vertical step), so the interpolation runs
+    # from (0.5, 0) to (0.75, 0.25).
+    assert metrics.background_efficiency(Y, S, 0.625) == pytest.approx(0.125)
+    assert metrics.background_rejection(Y, S, 1.0) == pytest.approx(2.0)
+
+
+def test_perfect_and_random_taggers() -> None:
+    rng = np.random.default_rng(3)
+    y = np.repeat([1, 0], [400, 600])
+    perfect = np.where(y == 1, rng.uniform(0.6, 1.0, len(y)), rng.uniform(0.0, 0.4, len(y)))
+    assert metrics.roc_auc(y, perfect) == 1.0
+    assert metrics.background_rejection(y, perfect, 0.5) == pytest.approx(2 * 600)
+    assert metrics.accuracy(y, perfect) == 1.0
+    random = rng.random(len(y))
+    assert metrics.roc_auc(y, random) == pytest.approx(0.5, abs=0.05)
+    # A random tagger keeps as much QCD as W: rejection 1/eps_S.
+    assert metrics.background_rejection(y, random, 0.5) == pytest.approx(2.0, rel=0.15)
+    assert metrics.background_rejection(y, random, 0.3) == pytest.approx(1 / 0.3, rel=0.2)
+
+
+def test_rejection_matches_counting_on_large_sample() -> None:
+    y, score = _gaussian_tagger(20000, 1.0, seed=4)
+    t = np.quantile(score[y == 1], 0.5)
+    eps_b = np.mean(score[y == 0] >= t)
+    assert metrics.background_rejection(y, score, 0.5) == pytest.approx(1 / eps_b, rel=0.01)
+    assert metrics.background_rejection(y, score, 0.3) > metrics.background_rejection(y, score, 0.5)
+
+
+def test_threshold_at_efficiency() -> None:
+    assert metrics.threshold_at_efficiency(Y, S, 0.5) == 0.8
+    assert metrics.threshold_at_efficiency(Y, S, 0.6) == 0.6
+    assert metrics.threshold_at_efficiency(Y, S, 1.0) == 0.3
+    y, score = _gaussian_tagger(10001, 0.5, seed=5)
+    for eff in (0.3, 0.5, 0.9):
+        t = metrics.threshold_at_efficiency(y, score, eff)
+        kept = np.mean(score[y == 1] >= t)
+        assert eff <= kept <= eff + 1.0 / (y == 1).sum() + 1e-12
+    # Weighted: the first W jet carries all the weight.
+    w = np.array([10.0, 1e-9, 1e-9, 1e-9, 1, 1, 1, 1])
+    assert metrics.threshold_at_efficiency(Y, S, 0.9, w) == 0.9
+    with pytest.raises(WtagError, match="signal efficiency"):
+        metrics.threshold_at_efficiency(Y, S, 0.0)
+
+
+def test_jensen_shannon_matches_scipy() -> None:
+    rng = np.random.default_rng(6)
+    for _ in range(5):
+        p, q = rng.random(12), rng.random(12)
+        q[3] = 0.0
+        assert metrics.jensen_shannon(p, q) == pytest.approx(jensenshannon(p, q, base=2) ** 2, abs=1e-12)
+    assert metrics.jensen_shannon([1, 2, 3], [2, 4, 6]) == pytest.approx(0.0, abs=1e-15)
+    assert metrics.jensen_shannon([1, 0], [0, 1]) == pytest.approx(1.0)
+
+
+def test_mass_sculpting() -> None:
+    rng = np.random.default_rng(7)
+    n = 20000
+    y = (rng.random(n) < 0.5).astype(np.int64)
+    msd = np.where(y == 1, rng.normal(80, 10, n), rng.exponential(60, n))
+    # A mass-independent tagger leaves the QCD shape alone.
+    flat = rng.random(n) + 0.3 * y
+    assert metrics.mass_sculpting(msd, y, flat) < 0.01
+    # A mass-window tagger carves a peak out of QCD.
+    window = np.exp(-0.5 * ((msd - 80) / 10) ** 2)
+    sculpting = metrics.mass_sculpting(msd, y, window)
+    assert sculpting > 0.3
+    # Same as computing it by hand with scipy.
+    t = metrics.threshold_at_efficiency(y, window, 0.5)
+    bins = metrics.DEFAULT_MASS_BINS
+    qcd = msd[y == 0].clip(0, 300)
+    before, _ = np.histogram(qcd, bins)
+    after, _ = np.histogram(qcd[window[y == 0] >= t], bins)
+    assert sculpting == pytest.approx(jensenshannon(before, after, base=2) ** 2, abs=1e-12)
+    # A perfect tagger keeps no QCD jet: no shape after the cut.
+    assert np.isnan(metrics.mass_sculpting(msd, y, y.astype(float)))
+
+
+def test_accuracy() -> None:
+    # Tagged at >= 0.5: W 0.9, 0.8, 0.6 right, 0.3 wrong; QCD 0.7 wrong, the other three right.
+    assert metrics.accuracy(Y, S) == pytest.approx(6 / 8)
+    assert metrics.accuracy(Y, S, threshold=0.85) == pytest.approx(5 / 8)
+    assert metrics.accuracy(np.array([1, 0]), np.array([0.5, 0.49])) == 1.0
+
+
+def test_summary_has_exact_names() -> None:
+    y, score = _gaussian_tagger(3000, 1.5, seed=8)
+    msd = np.random.default_rng(9).uniform(0, 200, len(y))
+    out = metrics.summary(y, score, msd)
+    assert set(out) == {"test_auc", "test_r50", "test_r30", "test_accuracy", "test_mass_sculpting"}
+    assert out["test_auc"] == pytest.approx(roc_auc_score(y, score))
+    assert out["test_r30"] > out["test_r50"] > 1.0
+    assert all(isinstance(v, float) and np.isfinite(v) for v in out.values())
+    assert set(metrics.summary(y, score, msd, prefix="val_")) == {
+        "val_auc", "val_r50", "val_r30", "val_accuracy", "val_mass_sculpting"}
+
+
+@pytest.mark.parametrize(("y", "score", "message"), [
+    (np.array([1, 0, 1]), np.array([0.1, 0.2]), "different lengths"),
+    (np.array([1, 1]), np.array([0.1, 0.2]), "both classes"),
+    (np.array([1, 2]), np.array([0.1, 0.2]), "labels must be 0"),
+    (np.array([1, 0]), np.array([0.1, np.nan]), "non-finite"),
+    (np.array([[1, 0]]), np.array([[0.1, 0.2]]), "1-D"),
+])
+def test_bad_inputs(y: np.ndarray, score: np.ndarray, message: str) -> None:
+    with pytest.raises(WtagError, match=message):
+        metrics.roc_auc(y, score)
+    with pytest.raises(WtagError, match=message):
+        metrics.summary(y, score, np.zeros(len(y)))
+
+
+def test_bad_weights_and_masses() -> None:
+    with pytest.raises(WtagError, match="weights"):
+        metrics.roc_curve(Y, S, np.ones(3))
+    with pytest.raises(WtagError, match="non-negative"):
+        metrics.roc_curve(Y, S, -np.ones(8))
+    with pytest.raises(WtagError, match="soft-drop masses"):
+        metrics.mass_sculpting(np.ones(3), Y, S)

@@ -1,0 +1,117 @@
+"""Every plot writes a valid, non-trivial PNG, leaves no figure open, and rejects mismatched inputs."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from wtag import plots
+from wtag.errors import WtagError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+N = 600
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the IHDR chunk; fails unless the file really is a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    assert data[-8:-4] == b"IEND"
+    return struct.unpack(">II", data[16:24])
+
+
+def _check_png(path: Path, returned: Path, min_size: tuple[int, int] = (400, 400)) -> None:
+    assert returned == path
+    width, height = _png_size(path)
+    assert width >= min_size[0] and height >= min_size[1]
+    assert path.stat().st_size > 10_000
+    assert not list(path.parent.glob(".*.tmp")), "temporary file left behind"
+    assert plt.get_fignums() == []
+
+
+@pytest.fixture
+def tagged() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = (rng.random(N) < 0.4).astype(np.int64)
+    score = 1.0 / (1.0 + np.exp(-(rng.normal(size=N) + 1.5 * (2 * y - 1))))
+    msd = np.where(y == 1, rng.normal(80, 10, N), rng.exponential(50, N))
+    return y, score, msd
+
+
+def test_plot_roc(tmp_path: Path, tagged: tuple[np.ndarray, ...]) -> None:
+    y, score, _ = tagged
+    rng = np.random.default_rng(1)
+    path = tmp_path / "roc.png"
+    _check_png(path, plots.plot_roc({"bdt": (y, score), "cut": (y, rng.random(N) + 0.3 * y)}, path))
+    # Without its baseline among the curves, and with another label text.
+    path2 = tmp_path / "sub" / "roc.png"
+    _check_png(path2, plots.plot_roc({"bdt": (y, score)}, path2, baseline="cut", cms_text="Open Data"))
+
+
+def test_plot_scores_and_mass(tmp_path: Path, tagged: tuple[np.ndarray, ...]) -> None:
+    y, score, msd = tagged
+    _check_png(tmp_path / "s.png", plots.plot_scores(y, score, tmp_path / "s.png", "bdt"))
+    _check_png(tmp_path / "m.png", plots.plot_mass_sculpting(msd, y, score, tmp_path / "m.png", "bdt"))
+    # A perfect tagger keeps no QCD jet after the cut: still a plot (JSD shown as nan).
+    _check_png(tmp_path / "p.png", plots.plot_mass_sculpting(msd, y, y.astype(float), tmp_path / "p.png", "ideal"))
+
+
+def test_plot_training_curves(tmp_path: Path) -> None:
+    history = {"loss": [0.6, 0.5, 0.45], "val_loss": [0.62, 0.55, 0.52], "val_auc": [0.80, 0.85, 0.86]}
+    path = tmp_path / "curves.png"
+    _check_png(path, plots.plot_training_curves(history, path, "dnn"))
+    _check_png(path, plots.plot_training_curves({"loss": [0.7, 0.6]}, path, "bdt"))
+    with pytest.raises(WtagError, match="no 'loss'"):
+        plots.plot_training_curves({"val_auc": [0.9]}, tmp_path / "x.png", "dnn")
+
+
+def test_plot_feature_importance(tmp_path: Path) -> None:
+    path = tmp_path / "imp.png"
+    _check_png(path, plots.plot_feature_importance(["msd", "tau21", "pt"], [0.5, 0.4, 0.1], path))
+    with pytest.raises(WtagError, match="3 names"):
+        plots.plot_feature_importance(["msd", "tau21", "pt"], [0.5, 0.5], path)
+
+
+def test_plot_feature_distributions(tmp_path: Path, tagged: tuple[np.ndarray, ...]) -> None:
+    y, score, msd = tagged
+    rng = np.random.default_rng(2)
+    table = {"jet pT [GeV]": rng.uniform(200, 500, N), "soft-drop mass [GeV]": msd,
+             "jet_tau21_ak7": rng.random(N), "jet_ncand_ak7": rng.integers(5, 60, N).astype(float),
+             "constant": np.full(N, 3.0)}
+    path = tmp_path / "features.png"
+    _check_png(path, plots.plot_feature_distributions(table, y, path), min_size=(1000, 800))
+    _check_png(path, plots.plot_feature_distributions(table, y, path, weight=rng.uniform(0.5, 2.0, N)))
+    with pytest.raises(WtagError, match="column 'short'"):
+        plots.plot_feature_distributions({"msd": msd, "short": msd[:10]}, y, path)
+    with pytest.raises(WtagError, match="weights"):
+        plots.plot_feature_distributions(table, y, path, weight=np.ones(5))
+
+
+def test_plot_average_images(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    images = rng.exponential(1.0, (80, 30, 30, 1)) * (rng.random((80, 30, 30, 1)) < 0.1)
+    label = np.repeat([1, 0], 40)
+    path = tmp_path / "images.png"
+    _check_png(path, plots.plot_average_images(images, label, path), min_size=(1000, 500))
+    with pytest.raises(WtagError, match="images have shape"):
+        plots.plot_average_images(np.ones((4, 30)), label[:4], path)
+
+
+@pytest.mark.parametrize("call", [
+    lambda p, y, s, m: plots.plot_roc({"bdt": (y, s[:-1])}, p),
+    lambda p, y, s, m: plots.plot_scores(y[:-1], s, p, "bdt"),
+    lambda p, y, s, m: plots.plot_mass_sculpting(m[:-1], y, s, p, "bdt"),
+    lambda p, y, s, m: plots.plot_average_images(np.ones((3, 30, 30, 1)), y, p),
+    lambda p, y, s, m: plots.plot_feature_distributions({"msd": m}, y[:-1], p),
+])
+def test_mismatched_lengths(tmp_path: Path, tagged: tuple[np.ndarray, ...], call: object) -> None:
+    y, score, msd = tagged
+    path = tmp_path / "bad.png"
+    with pytest.raises(WtagError):
+        call(path, y, score, msd)
+    assert not path.exists()
+    assert plt.get_fignums() == []
