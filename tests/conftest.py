@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,3 +46,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real CMS data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+TINY_TRAIN = {"n_jets": "150", "epochs": "1", "batch_size": "64", "pileup": "3"}
+TRAIN_EXPERIMENT = "wtag-test-train"
+
+
+def mlflow_run(entry_point: str, params: dict[str, str], uri: str, experiment: str) -> subprocess.CompletedProcess:
+    """`mlflow run . -e ENTRY --env-manager local`, as a user types it, against the test server."""
+    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+            "--experiment-name", experiment]
+    for k, v in params.items():
+        args += ["-P", f"{k}={v}"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+
+
+@pytest.fixture(scope="session")
+def trained_all(tracking_server: str, tmp_path_factory: pytest.TempPathFactory):
+    """One `mlflow run . -e train` of every tagger on a tiny simulated sample (one epoch).
+
+    Returns (tracking URI, experiment, data dir, parameters, completed process).
+    """
+    data_dir = tmp_path_factory.mktemp("train-data")
+    params = {**TINY_TRAIN, "data_dir": str(data_dir), "experiment": TRAIN_EXPERIMENT}
+    proc = mlflow_run("train", params, tracking_server, TRAIN_EXPERIMENT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return tracking_server, TRAIN_EXPERIMENT, data_dir, params, proc

@@ -1,10 +1,5 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import mlflow
 import numpy as np
 import pytest
@@ -14,9 +9,7 @@ from wtag.errors import WtagError
 from wtag.taggers import TAGGER_NAMES
 from wtag.training import TaggerResult, resolve_models, results_table
 
-REPO = Path(__file__).resolve().parents[1]
 TEST_METRICS = {"test_auc", "test_r50", "test_r30", "test_accuracy", "test_mass_sculpting"}
-TINY = {"n_jets": "150", "epochs": "1", "batch_size": "64", "pileup": "3"}
 
 
 def test_resolve_models():
@@ -35,30 +28,9 @@ def test_results_table_is_markdown():
     assert lines[0].startswith("| tagger | test_auc") and lines[2] == "| cut | 0.8123 | 12.3 | 40.0 | 0.200 | 1 |"
 
 
-def mlflow_run(entry_point: str, params: dict[str, str], uri: str, experiment: str) -> subprocess.CompletedProcess:
-    """`mlflow run . -e ENTRY --env-manager local`, as a user types it, against the test server."""
-    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
-            "--experiment-name", experiment]
-    for k, v in params.items():
-        args += ["-P", f"{k}={v}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
-
-
-@pytest.fixture(scope="session")
-def trained_all(tracking_server, tmp_path_factory):
-    """One `mlflow run . -e train` of every tagger on a tiny simulated sample (one epoch)."""
-    data_dir = tmp_path_factory.mktemp("train-data")
-    experiment = "wtag-test-train"
-    proc = mlflow_run("train", {**TINY, "data_dir": str(data_dir), "experiment": experiment}, tracking_server,
-                      experiment)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return tracking_server, experiment, data_dir, proc
-
-
 @pytest.mark.slow
 def test_mlflow_run_train_logs_parent_and_nested_runs(trained_all):
-    uri, experiment, _, proc = trained_all
+    uri, experiment, _, _, proc = trained_all
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
@@ -95,7 +67,7 @@ def test_mlflow_run_train_logs_parent_and_nested_runs(trained_all):
 @pytest.mark.slow
 @pytest.mark.parametrize("tagger", ["cut", "bdt", "dnn"])
 def test_logged_model_loads_and_scores(trained_all, tagger):
-    uri, experiment, data_dir, _ = trained_all
+    uri, experiment, _, _, _ = trained_all
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     run = client.search_runs([exp.experiment_id], f"tags.`wtag.tagger` = '{tagger}'")[0]

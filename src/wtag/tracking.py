@@ -246,6 +246,7 @@ def tracked_run(entry_point: str, run_name: str, description: str, params: Mappi
     import mlflow
 
     all_tags = {**environment_tags(), "wtag.entry_point": entry_point, **(tags or {})}
+    nested = nested or mlflow.active_run() is not None  # a step inside `main` becomes its child run
     with mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=all_tags,
                           description=description) as run:
         try:

@@ -1,0 +1,471 @@
+"""The ``export`` step: a tagger run -> one self-contained ONNX graph, checked against the native model,
+logged with ``mlflow.onnx``, registered as ``wtag`` and pointed to by the ``champion`` alias.
+
+Standardization is baked into the graph (the taggers build it in as their first layers), so the graph takes
+raw inputs and every ONNX Runtime client scores exactly like training; ``preprocess.json`` beside
+``model.onnx`` documents those numbers for humans, as weaver-core ships it, but is never needed to score.
+The alias moves only after conversion, contract check, parity and logging all succeeded, so a failed export
+leaves production where it was.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wtag import schema
+from wtag.errors import WtagError
+from wtag.evaluation import find_dataset, load_tagger
+from wtag.tracking import CHAMPION_ALIAS, REGISTERED_MODEL
+
+# Parity thresholds on the whole test set, ONNX Runtime (CPU) vs the native model.
+NN_MAX_ABS_DIFF = 1e-4  # neural networks: every jet
+CUT_MAX_ABS_DIFF = 1e-5  # the cut tagger: the same arithmetic, float32 rounding only
+DIFF_THRESHOLD = 1e-4  # a jet "differs" above this
+TREE_MAX_FRAC_DIFF = 0.01  # trees: float32 threshold comparisons may flip a split for a few jets
+PYFUNC_MAX_ABS_DIFF = 1e-3  # logged-model smoke check; pyfunc may run on CUDA (TF32) where a GPU is present
+PYFUNC_CHECK_JETS = 256
+PARITY_CHUNK = 8192
+ONNX_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+PREPROCESS_FILE = "preprocess.json"
+PREPROCESS_FORMAT = "wtag-preprocess/1"
+ALIAS_HISTORY_MAX_CHARS = 4000
+
+
+def create_session(model: bytes | str | os.PathLike[str], device: str = "auto") -> Any:
+    """ONNX Runtime session with explicit providers (CUDA only when ``session.get_providers()`` confirms it).
+
+    Delegates to :func:`wtag.inference.create_session`, the one place that decides providers.
+    """
+    from wtag.inference import create_session as _create_session
+
+    return _create_session(model, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Conversion and the model contract
+
+
+def _dims(value_info: Any) -> list[int | str | None] | None:
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+
+
+def _is_dynamic(dim: int | str | None) -> bool:
+    return not isinstance(dim, int) or dim <= 0
+
+
+def check_contract(model: Any, inputs: tuple[str, ...], what: str) -> None:
+    """Fail unless the graph has exactly ``inputs`` (float32, dynamic batch, the schema's per-jet shapes) and
+    one output ``score`` (float32, 1-D, dynamic batch)."""
+    import onnx
+
+    from wtag.taggers import expected_shape
+
+    initializers = {t.name for t in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    names = [i.name for i in graph_inputs]
+    if sorted(names) != sorted(inputs):
+        raise WtagError(f"{what}: ONNX inputs are {names}, the contract needs {list(inputs)}")
+    for value in graph_inputs:
+        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise WtagError(f"{what}: ONNX input '{value.name}' is not float32")
+        dims = _dims(value)
+        want = expected_shape(value.name)
+        if dims is None or len(dims) != len(want) + 1 or tuple(dims[1:]) != want or not _is_dynamic(dims[0]):
+            raise WtagError(f"{what}: ONNX input '{value.name}' has shape {dims}, the contract needs "
+                            f"[N, {', '.join(str(d) for d in want)}] with a dynamic batch axis N")
+    outputs = list(model.graph.output)
+    if [o.name for o in outputs] != [schema.OUTPUT_SCORE]:
+        raise WtagError(f"{what}: ONNX outputs are {[o.name for o in outputs]}, the contract needs exactly "
+                        f"['{schema.OUTPUT_SCORE}']")
+    out = outputs[0]
+    dims = _dims(out)
+    if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise WtagError(f"{what}: ONNX output '{out.name}' is not float32")
+    if dims is None or len(dims) != 1 or not _is_dynamic(dims[0]):
+        raise WtagError(f"{what}: ONNX output '{out.name}' has shape {dims}, the contract needs [N]")
+
+
+def _name_batch_axis(model: Any) -> None:
+    """Call the dynamic batch axis ``N`` on every graph input and the output, as the contract writes it."""
+    for value in [*model.graph.input, *model.graph.output]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape") and tensor.shape.dim and not tensor.shape.dim[0].HasField("dim_value"):
+            tensor.shape.dim[0].dim_param = "N"
+
+
+def metadata(tagger: Any, run_id: str, dataset_digest: str) -> dict[str, str]:
+    """The ``metadata_props`` every exported graph carries (contracts.md), so a server needs nothing else."""
+    return {
+        "wtag.tagger": tagger.name,
+        "wtag.family": tagger.family,
+        "wtag.inputs": json.dumps(list(tagger.inputs)),
+        "wtag.hl_features": json.dumps(list(schema.HL_FEATURES)),
+        "wtag.particle_features": json.dumps(list(schema.PARTICLE_FEATURES)),
+        "wtag.max_particles": str(schema.MAX_PARTICLES),
+        "wtag.preprocessing": "baked",
+        "wtag.dataset_digest": dataset_digest,
+        "wtag.run_id": run_id,
+    }
+
+
+def to_onnx_with_metadata(tagger: Any, run_id: str, dataset_digest: str) -> Any:
+    """The tagger's ONNX graph, contract-checked, with the wtag metadata; any conversion failure is a WtagError."""
+    import onnx
+
+    what = f"tagger '{tagger.name}' (run {run_id})"
+    try:
+        model = tagger.to_onnx()
+    except WtagError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise WtagError(f"{what}: ONNX conversion failed: {type(exc).__name__}: {first}") from exc
+    if not isinstance(model, onnx.ModelProto):
+        raise WtagError(f"{what}: to_onnx() returned {type(model).__name__}, not an onnx.ModelProto")
+    check_contract(model, tuple(tagger.inputs), what)
+    _name_batch_axis(model)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        **metadata(tagger, run_id, dataset_digest)})
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise WtagError(f"{what}: the ONNX graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parity
+
+
+def scores_both(tagger: Any, model: Any, inputs: Mapping[str, np.ndarray],
+                chunk: int = PARITY_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Native and ONNX Runtime (CPU, the reference semantics) scores for the same raw inputs."""
+    n = len(next(iter(inputs.values())))
+    native = np.asarray(tagger.predict(inputs), dtype=np.float64)
+    if native.shape != (n,):
+        raise WtagError(f"tagger '{tagger.name}': predict returned shape {native.shape}, expected ({n},)")
+    session = create_session(model.SerializeToString(), device="cpu")
+    parts = []
+    for start in range(0, n, chunk):
+        feed = {k: np.ascontiguousarray(v[start:start + chunk], dtype=np.float32) for k, v in inputs.items()}
+        (out,) = session.run([schema.OUTPUT_SCORE], feed)
+        rows = min(chunk, n - start)
+        if out.shape != (rows,) or out.dtype != np.float32:
+            raise WtagError(f"tagger '{tagger.name}': ONNX output '{schema.OUTPUT_SCORE}' has shape {out.shape} "
+                            f"and dtype {out.dtype}, expected ({rows},) float32")
+        parts.append(out)
+    return native, np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def parity_figures(native: np.ndarray, onnx_scores: np.ndarray) -> dict[str, float]:
+    """``onnx_max_abs_diff`` and ``onnx_frac_diff`` (fraction of jets with |diff| > 1e-4); NaN counts as inf."""
+    ok = np.isfinite(native) & np.isfinite(onnx_scores)
+    diff = np.where(ok, np.abs(onnx_scores - native), np.inf)
+    return {"onnx_max_abs_diff": float(diff.max()) if len(diff) else 0.0,
+            "onnx_frac_diff": float((diff > DIFF_THRESHOLD).mean()) if len(diff) else 0.0,
+            "onnx_parity_jets": float(len(diff))}
+
+
+def check_parity(tagger: Any, figures: Mapping[str, float]) -> None:
+    """Apply the family's threshold: trees by the fraction of differing jets, everything else by max |diff|."""
+    max_diff, frac = figures["onnx_max_abs_diff"], figures["onnx_frac_diff"]
+    n = int(figures.get("onnx_parity_jets", 0))
+    where = f"tagger '{tagger.name}': ONNX vs native scores on {n} test jets"
+    if tagger.family == "tree":
+        if not frac < TREE_MAX_FRAC_DIFF or not math.isfinite(max_diff):
+            raise WtagError(f"{where}: {frac:.2%} of jets differ by more than {DIFF_THRESHOLD:g} "
+                            f"(limit {TREE_MAX_FRAC_DIFF:.0%}; max |diff| {max_diff:.3g})")
+        return
+    limit = CUT_MAX_ABS_DIFF if tagger.family == "cut" else NN_MAX_ABS_DIFF
+    if not max_diff <= limit:
+        raise WtagError(f"{where}: max |diff| {max_diff:.3g} exceeds {limit:g} ({frac:.2%} of jets above "
+                        f"{DIFF_THRESHOLD:g})")
+
+
+def parity(tagger: Any, model_proto: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Parity figures over all of ``inputs`` (the whole test set); WtagError when the family's limit is broken."""
+    figures = parity_figures(*scores_both(tagger, model_proto, inputs))
+    check_parity(tagger, figures)
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preprocessing documentation
+
+
+def preprocessing(tagger: Any, run_id: str, dataset_digest: str) -> dict[str, Any]:
+    """What ``preprocess.json`` says: input layout, the standardization baked into the graph, the output."""
+    from wtag.taggers import expected_shape
+
+    std = tagger.standardization
+    inputs: dict[str, Any] = {}
+    for name in tagger.inputs:
+        entry: dict[str, Any] = {"shape": [-1, *expected_shape(name)], "dtype": "float32", "raw": True}
+        if name == schema.INPUT_HL:
+            entry.update(features=list(schema.HL_FEATURES),
+                         standardization={"mean": std.hl_mean, "std": std.hl_std,
+                                          "applied": "(x - mean) / std per column, inside the graph"})
+        elif name == schema.INPUT_PARTICLES:
+            entry.update(features=list(schema.PARTICLE_FEATURES), max_particles=schema.MAX_PARTICLES,
+                         ordering="pT descending, zero rows padded at the end; mask = raw pt > 0",
+                         standardization={"mean": std.particle_mean, "std": std.particle_std,
+                                          "applied": "(x - mean) / std per feature on real particles, "
+                                                     "padded rows stay masked, inside the graph"})
+        elif name == schema.INPUT_IMAGES:
+            entry.update(pixels=schema.IMAGE_PIXELS, half_width=schema.IMAGE_HALF_WIDTH,
+                         pixel="summed constituent pT [GeV] in (deta, dphi) bins around the jet axis",
+                         standardization={"image_scale": std.image_scale,
+                                          "applied": "pixels divided by image_scale (mean total image pT), "
+                                                     "inside the graph"})
+        inputs[name] = entry
+    return {
+        "format": PREPROCESS_FORMAT,
+        "tagger": tagger.name,
+        "family": tagger.family,
+        "run_id": run_id,
+        "dataset_digest": dataset_digest,
+        "preprocessing": "baked",
+        "why": ("The graph takes raw features and standardizes them itself, so every ONNX Runtime client "
+                "(REST server, Triton, mlflow pyfunc) scores exactly as in training; this file documents the "
+                "numbers and is never needed to score."),
+        "inputs": inputs,
+        "output": {"name": schema.OUTPUT_SCORE, "shape": [-1], "dtype": "float32",
+                   "meaning": "probability that the jet is a merged W (signal)"},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Registry
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def existing_version(model_name: str, source_run_id: str) -> Any | None:
+    """The registered version exported from ``source_run_id``, if any (oldest first: the one to keep)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.search_model_versions(
+        f"name = '{model_name}' and tags.`wtag.source_run_id` = '{source_run_id}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _alias_version(model_name: str, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient().get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def move_alias(model_name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version`` and keep the history in tags.
+
+    The new version gets ``wtag.alias.<alias>.since``, the one it replaces ``wtag.alias.<alias>.until`` and
+    ``...replaced_by``; the registered model's ``wtag.alias_history.<alias>`` holds a JSON list of
+    ``{version, source_run_id, tagger, since, previous}`` (the newest entries, bounded in size).
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    current = _alias_version(model_name, alias)
+    if current is not None and str(current.version) == str(version):
+        return
+    now = _now()
+    new = client.get_model_version(model_name, version)
+    client.set_registered_model_alias(model_name, alias, version)
+    client.set_model_version_tag(model_name, version, f"wtag.alias.{alias}.since", now)
+    if current is not None:
+        client.set_model_version_tag(model_name, current.version, f"wtag.alias.{alias}.until", now)
+        client.set_model_version_tag(model_name, current.version, f"wtag.alias.{alias}.replaced_by", str(version))
+    key = f"wtag.alias_history.{alias}"
+    try:
+        history = json.loads(client.get_registered_model(model_name).tags.get(key, "[]"))
+    except ValueError:
+        history = []
+    history.append({"version": str(version), "source_run_id": new.tags.get("wtag.source_run_id", ""),
+                    "tagger": new.tags.get("wtag.tagger", ""), "since": now,
+                    "previous": None if current is None else str(current.version)})
+    while len(history) > 1 and len(json.dumps(history)) > ALIAS_HISTORY_MAX_CHARS:
+        history.pop(0)
+    client.set_registered_model_tag(model_name, key, json.dumps(history))
+    print(f"export: alias '{alias}' of '{model_name}' -> version {version}"
+          + (f" (was {current.version})" if current is not None else ""), file=sys.stderr)
+
+
+def register_version(model_uri: str, model_name: str, tags: Mapping[str, str], description: str) -> str:
+    """Create a registered model version (with tags and description) and return its version number."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    version = mlflow.register_model(model_uri, model_name, tags=dict(tags))
+    MlflowClient().update_model_version(model_name, version.version, description=description)
+    return str(version.version)
+
+
+def _register_export(export_run: Any, model_name: str) -> str:
+    """Register the ONNX model an export run logged; the version's tags and description say where it came from."""
+    tags, figures = export_run.data.tags, export_run.data.metrics
+    version_tags = {k: tags[k] for k in ("wtag.source_run_id", "wtag.tagger", "wtag.family", "wtag.dataset_digest")
+                    if k in tags}
+    version_tags["wtag.export_run_id"] = export_run.info.run_id
+    max_diff, frac = figures.get("onnx_max_abs_diff", math.nan), figures.get("onnx_frac_diff", math.nan)
+    version_tags.update({"wtag.onnx_max_abs_diff": f"{max_diff:.3g}", "wtag.onnx_frac_diff": f"{frac:.4g}"})
+    description = (f"{tags.get('wtag.tagger', '?')} tagger from run {tags.get('wtag.source_run_id', '?')} (dataset "
+                   f"{tags.get('wtag.dataset_digest', '?')[:12]}); ONNX parity on "
+                   f"{int(figures.get('onnx_parity_jets', 0))} test jets: max |diff| {max_diff:.3g}, {frac:.2%} "
+                   f"above {DIFF_THRESHOLD:g}")
+    return register_version(tags["wtag.model_uri"], model_name, version_tags, description)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The step
+
+
+def _champion_of_newest_evaluation(experiment_id: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id], "tags.`wtag.entry_point` = 'evaluate' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=50)
+    for run in runs:
+        if run.data.tags.get("wtag.champion_run_id"):
+            return str(run.data.tags["wtag.champion_run_id"])
+    raise WtagError(f"experiment {experiment_id} has no finished evaluation run: run the evaluate step or pass "
+                    "-P run_id=<tagger run>")
+
+
+def _source_run(run_id: str) -> Any:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise WtagError(f"run_id {run_id}: no such run on the tracking server") from None
+    if run.data.tags.get("wtag.entry_point") != "train_tagger" or not run.data.tags.get("wtag.tagger"):
+        raise WtagError(f"run_id {run_id}: not a tagger training run (tag wtag.entry_point = "
+                        f"'{run.data.tags.get('wtag.entry_point', '')}')")
+    if run.info.status != "FINISHED":
+        raise WtagError(f"run_id {run_id}: tagger run is {run.info.status}, not FINISHED")
+    return run
+
+
+def _export_run(source: Any, params: Mapping[str, str], model_name: str, register: bool,
+                alias: str, export_run_id: str | None) -> tuple[str, str]:
+    """Convert, check, log (and register) inside a new ``export`` run; the alias moves last."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    from wtag.tracking import tracked_run
+
+    run_id, tagger_name, digest = params["source_run_id"], params["tagger"], params["dataset_digest"]
+    tags = {"wtag.source_run_id": run_id, "wtag.tagger": tagger_name, "wtag.dataset_digest": digest,
+            "wtag.family": source.data.tags.get("wtag.family", "")}
+    description = f"export {tagger_name} (run {run_id}) to ONNX, check parity, register as {model_name}"
+    with tracked_run("export", f"export-{tagger_name}-{run_id[:8]}", description, params, tags=tags,
+                     nested=mlflow.active_run() is not None and export_run_id is None,
+                     run_id=export_run_id) as run:
+        ds = find_dataset(source.info.experiment_id, digest)
+        tagger = load_tagger(source, ds)
+        model = to_onnx_with_metadata(tagger, run_id, digest)
+        inputs = ds.test.inputs(tagger.inputs)
+        native, onnx_scores = scores_both(tagger, model, inputs)
+        figures = parity_figures(native, onnx_scores)
+        blob = model.SerializeToString()
+        mlflow.log_metrics({**figures, "onnx_model_bytes": float(len(blob))})
+        check_parity(tagger, figures)
+        info = preprocessing(tagger, run_id, digest)
+        example = {k: np.ascontiguousarray(v[:5], dtype=np.float32) for k, v in inputs.items()}
+        signature = infer_signature(example, {schema.OUTPUT_SCORE: onnx_scores[:5].astype(np.float32)})
+        logged = mlflow.onnx.log_model(model, name="model", signature=signature, input_example=example,
+                                       metadata={"wtag": info}, save_as_external_data=False,
+                                       onnx_execution_providers=ONNX_PROVIDERS)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / PREPROCESS_FILE
+            path.write_text(json.dumps(info, indent=2) + "\n")
+            MlflowClient().log_model_artifact(logged.model_id, str(path))
+            mlflow.log_artifact(str(path))
+        check = {k: np.ascontiguousarray(v[:PYFUNC_CHECK_JETS], dtype=np.float32) for k, v in inputs.items()}
+        served = np.asarray(mlflow.pyfunc.load_model(logged.model_uri).predict(check)[schema.OUTPUT_SCORE],
+                            dtype=np.float64)
+        pyfunc_diff = float(np.max(np.abs(served - onnx_scores[:len(served)]))) if len(served) else 0.0
+        mlflow.log_metric("pyfunc_max_abs_diff", pyfunc_diff)
+        if not pyfunc_diff <= PYFUNC_MAX_ABS_DIFF:
+            raise WtagError(f"tagger '{tagger_name}': the logged model scores differ from ONNX Runtime by "
+                            f"{pyfunc_diff:.3g} through mlflow.pyfunc")
+        mlflow.set_tag("wtag.model_uri", str(logged.model_uri))
+        version = ""
+        if register:
+            version = _register_export(MlflowClient().get_run(run.info.run_id), model_name)
+            mlflow.set_tag("wtag.registered_version", version)
+            move_alias(model_name, alias, version)
+        print(f"export: {tagger_name} -> ONNX ({len(blob)} bytes), max |diff| {figures['onnx_max_abs_diff']:.3g}, "
+              f"{figures['onnx_frac_diff']:.2%} of {len(native)} jets above {DIFF_THRESHOLD:g}"
+              + (f"; registered {model_name} version {version}" if version else ""), file=sys.stderr)
+        return str(run.info.run_id), version
+
+
+def _note_reuse(export_run_id: str, previous_run: str, version: str) -> None:
+    """Say on the run ``mlflow run`` created why it stays empty: the export already exists."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(export_run_id, "wtag.reused_run", previous_run)
+    client.set_tag(export_run_id, "mlflow.note.content",
+                   f"Nothing to do: this tagger run was exported by run {previous_run} as version {version}; "
+                   "the alias now points there.")
+
+
+def export_step(experiment_id: str, run_id: str | None = None, register: bool = True,
+                alias: str = CHAMPION_ALIAS, export_run_id: str | None = None,
+                model_name: str = REGISTERED_MODEL) -> tuple[str, str]:
+    """Export a tagger run (default: the newest evaluation's champion); return (export run id, model version).
+
+    Exporting a run that already has a registered version only re-points the alias; a FINISHED export run
+    with the same parameters and code commit is reused (registered if it was not). The version is "" when
+    ``register`` is False.
+    """
+    from wtag.tracking import find_finished_run
+
+    run_id = run_id or _champion_of_newest_evaluation(experiment_id)
+    source = _source_run(run_id)
+    params = {"source_run_id": run_id, "tagger": source.data.tags["wtag.tagger"],
+              "dataset_digest": source.data.params.get("dataset_digest", "")}
+    if register:
+        version = existing_version(model_name, run_id)
+        if version is not None:
+            move_alias(model_name, alias, str(version.version))
+            previous_run = version.tags.get("wtag.export_run_id") or version.run_id
+            if export_run_id is not None:
+                _note_reuse(export_run_id, previous_run, str(version.version))
+            print(f"export: run {run_id} is already {model_name} version {version.version} "
+                  f"(export run {previous_run})", file=sys.stderr)
+            return str(previous_run), str(version.version)
+    if export_run_id is None:
+        previous = find_finished_run(experiment_id, "export", params)
+        if previous is not None and previous.data.tags.get("wtag.model_uri"):
+            version_number = ""
+            if register:
+                version_number = _register_export(previous, model_name)
+                move_alias(model_name, alias, version_number)
+            print(f"export: reusing run {previous.info.run_id}", file=sys.stderr)
+            return str(previous.info.run_id), version_number
+    return _export_run(source, params, model_name, register, alias, export_run_id)

@@ -1,0 +1,598 @@
+"""ONNX export against a real tracking server: contract, parity for every tagger, registry alias handling.
+
+Every tagger in the REGISTRY is trained for one epoch on a tiny synthetic dataset with all three inputs; the
+small ``LinearTagger`` below (and its deliberately broken variants) lets the alias tests run without Keras.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from wtag import schema
+from wtag.dataset import PreparedDataset, Split, Standardization, load_prepared, save_prepared
+from wtag.errors import WtagError
+from wtag.taggers import REGISTRY, TAGGER_NAMES, Tagger, TrainConfig
+
+pytestmark = pytest.mark.filterwarnings(
+    # MLflow's own hints while logging the tiny models and datasets; nothing wtag can change.
+    "ignore:Hint. Inferred schema contains integer column:UserWarning",
+    "ignore:The specified dataset source can be interpreted in multiple ways:UserWarning",
+    # Keras saving calls np.array() on TF variables, whose __array__ lacks NumPy 2's copy keyword
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
+    # emitted once, when mlflow.pyfunc is first imported (mlflow.types.responses builds a schema at import time)
+    "ignore:.*Any type hint is inferred as AnyType:UserWarning",
+)
+
+CONFIG = TrainConfig(epochs=1, batch_size=64, learning_rate=1e-3, patience=1, seed=1)
+SPLIT_SIZES = {"train": 300, "val": 100, "test": 400}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic data with the contract's shapes: W jets have msd ~ 80 GeV, low tau21, two-prong wide constituents.
+
+
+def synthetic_split(rng: np.random.Generator, n: int) -> Split:
+    label = (np.arange(n) % 2).astype(np.int32)
+    sig = label == 1
+    msd = np.where(sig, rng.normal(80.0, 8.0, n), 20.0 + rng.exponential(40.0, n))
+    tau21 = np.clip(np.where(sig, rng.normal(0.35, 0.1, n), rng.normal(0.65, 0.12, n)), 0.02, 1.0)
+    tau1 = rng.uniform(0.1, 0.4, n)
+    tau32 = rng.uniform(0.4, 0.9, n)
+    ncand = np.clip(np.where(sig, rng.poisson(40, n), rng.poisson(25, n)), 2, 120)
+    pt = rng.uniform(200.0, 500.0, n)
+    hl = np.stack([msd, 1.1 * msd + rng.normal(0, 3, n), tau1, tau21 * tau1, tau32 * tau21 * tau1, tau21, tau32,
+                   ncand, pt, rng.uniform(-2, 2, n)], axis=1)
+    images = np.zeros((n, schema.IMAGE_PIXELS, schema.IMAGE_PIXELS, 1), np.float32)
+    particles = np.zeros((n, schema.MAX_PARTICLES, len(schema.PARTICLE_FEATURES)), np.float32)
+    for i in range(n):
+        k = int(min(ncand[i], schema.MAX_PARTICLES))
+        ppt = np.sort(rng.exponential(pt[i] / k, k))[::-1] + 0.1
+        spread = 0.25 if sig[i] else 0.08
+        deta, dphi = rng.normal(0, spread, k), rng.normal(0, spread, k)
+        particles[i, :k, 0], particles[i, :k, 1], particles[i, :k, 2] = ppt, deta, dphi
+        particles[i, :k, 3] = np.log(ppt / pt[i])
+        particles[i, :k, 4] = np.hypot(deta, dphi)
+        particles[i, :k, 5] = rng.integers(-1, 2, k)
+        particles[i, np.arange(k), 6 + rng.integers(0, 5, k)] = 1.0
+        to_pixel = schema.IMAGE_PIXELS / (2 * schema.IMAGE_HALF_WIDTH)
+        ix = np.clip(((deta + schema.IMAGE_HALF_WIDTH) * to_pixel).astype(int), 0, schema.IMAGE_PIXELS - 1)
+        iy = np.clip(((dphi + schema.IMAGE_HALF_WIDTH) * to_pixel).astype(int), 0, schema.IMAGE_PIXELS - 1)
+        np.add.at(images[i, :, :, 0], (ix, iy), ppt)
+    return Split(label=label, weight=np.ones(n, np.float32), msd=msd.astype(np.float32), pt=pt.astype(np.float32),
+                 hl=hl.astype(np.float32), images=images, particles=particles)
+
+
+def synthetic_dataset(root: Path, seed: int = 7) -> PreparedDataset:
+    rng = np.random.default_rng(seed)
+    splits = {name: synthetic_split(rng, n) for name, n in SPLIT_SIZES.items()}
+    manifest = {"source": "pythia", "params": {"synthetic": seed}, "inputs": list(splits["train"].available())}
+    save_prepared(root, manifest, splits, Standardization.fit(splits["train"]))
+    return load_prepared(root)
+
+
+def log_prepare_run(ds: PreparedDataset) -> str:
+    """A prepare run as the prepare step logs it: dataset_digest and dataset_path parameters."""
+    import mlflow
+
+    from wtag.tracking import tracked_run
+
+    with tracked_run("prepare", "prepare-synthetic", "synthetic test dataset", {"source": ds.source},
+                     tags={"wtag.dataset_digest": ds.digest}) as run:
+        mlflow.log_params({"dataset_digest": ds.digest, "dataset_path": str(ds.root)})
+        return str(run.info.run_id)
+
+
+def new_experiment(prefix: str) -> str:
+    import mlflow
+
+    return str(mlflow.set_experiment(f"{prefix}-{uuid.uuid4().hex[:8]}").experiment_id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A small complete tagger (logistic regression on standardized hl), and broken variants of it.
+
+
+class LinearTagger(Tagger):
+    """Fisher-like linear discriminant through a sigmoid; weights live in ``model/weights.json``."""
+
+    name: ClassVar[str] = "linear"
+    family: ClassVar[str] = "dense"
+    inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_HL,)
+    flavor: ClassVar[str] = "pyfunc"
+    onnx_bias_shift: ClassVar[float] = 0.0
+
+    def __init__(self, config: TrainConfig, standardization: Standardization) -> None:
+        super().__init__(config, standardization)
+        self.w = np.zeros(len(schema.HL_FEATURES))
+        self.b = 0.0
+
+    def _z(self, hl: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.standardization.hl_mean, np.float32)
+        std = np.asarray(self.standardization.hl_std, np.float32)
+        return ((np.asarray(hl, np.float32) - mean) / std) @ self.w.astype(np.float32) + np.float32(self.b)
+
+    def fit(self, train: Split, val: Split, on_epoch_end: Any = None) -> dict[str, list[float]]:
+        mean, std = np.asarray(self.standardization.hl_mean), np.asarray(self.standardization.hl_std)
+        x = (train.hl - mean) / std
+        self.w = (x[train.label == 1].mean(axis=0) - x[train.label == 0].mean(axis=0)) / x.var(axis=0)
+        self.b = -float(np.median(self._z(train.hl)))
+        return {}
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        self.check_inputs(inputs)
+        return (1.0 / (1.0 + np.exp(-self._z(inputs[schema.INPUT_HL])))).astype(np.float32)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"model": "linear"}
+
+    def log_model(self, name: str, input_example: Mapping[str, np.ndarray]) -> Any:
+        import mlflow
+
+        mlflow.log_dict({"w": self.w.tolist(), "b": self.b}, f"{name}/weights.json")
+
+    @classmethod
+    def load_logged(cls, model_uri: str, config: TrainConfig, standardization: Standardization) -> Tagger:
+        import mlflow
+
+        local = Path(model_uri)
+        directory = local if local.is_dir() else Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        weights = json.loads((directory / "weights.json").read_text())
+        tagger = cls(config, standardization)
+        tagger.w, tagger.b = np.asarray(weights["w"]), float(weights["b"])
+        return tagger
+
+    def to_onnx(self) -> Any:
+        from onnx import TensorProto, helper, numpy_helper
+
+        s = self.standardization
+        consts = {"mean": np.asarray(s.hl_mean, np.float32)[None, :], "std": np.asarray(s.hl_std, np.float32)[None, :],
+                  "w": self.w.astype(np.float32)[:, None], "b": np.asarray([self.b + self.onnx_bias_shift], np.float32),
+                  "axes": np.asarray([1], np.int64)}
+        nodes = [helper.make_node("Sub", ["hl", "mean"], ["centred"]),
+                 helper.make_node("Div", ["centred", "std"], ["x"]),
+                 helper.make_node("MatMul", ["x", "w"], ["xw"]),
+                 helper.make_node("Add", ["xw", "b"], ["z"]),
+                 helper.make_node("Sigmoid", ["z"], ["p"]),
+                 helper.make_node("Squeeze", ["p", "axes"], [self.output_name()])]
+        graph = helper.make_graph(
+            nodes, "linear", [helper.make_tensor_value_info("hl", TensorProto.FLOAT, ["batch", 10])],
+            [helper.make_tensor_value_info(self.output_name(), TensorProto.FLOAT, ["batch"])],
+            [numpy_helper.from_array(v, k) for k, v in consts.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        return model
+
+    def output_name(self) -> str:
+        return schema.OUTPUT_SCORE
+
+
+class UnsupportedLayerTagger(LinearTagger):
+    """Stands for a model with a layer the converter cannot handle."""
+
+    def to_onnx(self) -> Any:
+        raise NotImplementedError("no ONNX conversion for layer 'FancyAttention'")
+
+
+class DriftingTagger(LinearTagger):
+    """Its ONNX graph computes a slightly different score: parity must catch it."""
+
+    onnx_bias_shift: ClassVar[float] = 0.05
+
+
+class LabelOutputTagger(LinearTagger):
+    """Its ONNX graph names the output like a classifier converter would: the contract check must catch it."""
+
+    def output_name(self) -> str:
+        return "probabilities"
+
+
+TEST_TAGGERS = {"linear": "LinearTagger", "unsupported": "UnsupportedLayerTagger", "drifting": "DriftingTagger",
+                "label_output": "LabelOutputTagger"}
+
+
+@pytest.fixture(scope="module")
+def test_taggers() -> Iterator[None]:
+    """Register the test taggers under their names (the training and export steps look classes up there)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, cls in TEST_TAGGERS.items():
+            mp.setitem(REGISTRY, name, f"{__name__}:{cls}")
+        yield
+
+
+def tagger_run_ids(experiment_id: str) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs([experiment_id], "tags.`wtag.entry_point` = 'train_tagger'")
+    return {r.data.tags["wtag.tagger"]: r.info.run_id for r in runs}
+
+
+@pytest.fixture(scope="module")
+def trained(tracking_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every REGISTRY tagger trained for one epoch on one tiny dataset."""
+    import mlflow
+
+    from wtag.training import train
+
+    mlflow.set_tracking_uri(tracking_server)
+    experiment_id = new_experiment("export")
+    ds = synthetic_dataset(tmp_path_factory.mktemp("prepared") / "synthetic")
+    log_prepare_run(ds)
+    train(ds, ",".join(TAGGER_NAMES), CONFIG)
+    return {"experiment_id": experiment_id, "ds": ds, "runs": tagger_run_ids(experiment_id)}
+
+
+def load_onnx_model(run_id: str) -> tuple[Any, Path]:
+    """The ONNX model an export run logged, and its downloaded directory."""
+    import mlflow
+    import onnx
+
+    from wtag.evaluation import model_uri
+
+    directory = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri(run_id)))
+    return onnx.load(str(directory / "model.onnx")), directory
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export and parity for every tagger
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TAGGER_NAMES)
+def test_every_tagger_exports_with_parity(trained: dict[str, Any], name: str) -> None:
+    import mlflow
+    import onnxruntime as ort
+
+    from wtag.evaluation import find_dataset, load_tagger
+    from wtag.onnx_export import export_step
+
+    source_run = trained["runs"][name]
+    export_run_id, version = export_step(trained["experiment_id"], source_run, register=False)
+    assert version == ""
+    run = mlflow.get_run(export_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["source_run_id"] == source_run
+    assert run.data.params["tagger"] == name
+    figures = run.data.metrics
+    assert figures["onnx_parity_jets"] == SPLIT_SIZES["test"]
+    family = run.data.tags["wtag.family"]
+    if family == "tree":
+        assert figures["onnx_frac_diff"] < 0.01
+    else:
+        assert figures["onnx_max_abs_diff"] <= 1e-4
+    assert figures["onnx_model_bytes"] > 0
+    print(f"parity {name}: max |diff| {figures['onnx_max_abs_diff']:.3g}, frac {figures['onnx_frac_diff']:.4f}")
+
+    model, directory = load_onnx_model(export_run_id)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["wtag.tagger"] == name
+    assert props["wtag.run_id"] == source_run
+    assert props["wtag.dataset_digest"] == trained["ds"].digest
+    assert props["wtag.preprocessing"] == "baked"
+    assert json.loads(props["wtag.hl_features"]) == list(schema.HL_FEATURES)
+    assert json.loads(props["wtag.particle_features"]) == list(schema.PARTICLE_FEATURES)
+    assert props["wtag.max_particles"] == str(schema.MAX_PARTICLES)
+    inputs = json.loads(props["wtag.inputs"])
+    assert [i.name for i in model.graph.input] == inputs
+    assert all(i.type.tensor_type.shape.dim[0].dim_param == "N" for i in model.graph.input)
+    assert [o.name for o in model.graph.output] == [schema.OUTPUT_SCORE]
+    preprocess = json.loads((directory / "preprocess.json").read_text())
+    assert preprocess["tagger"] == name and sorted(preprocess["inputs"]) == sorted(inputs)
+
+    # Independent check: ONNX Runtime on the file vs the native model on the whole test set, batch 1 too.
+    ds = find_dataset(trained["experiment_id"], trained["ds"].digest)
+    tagger = load_tagger(mlflow.get_run(source_run), ds)
+    test = ds.test.inputs(inputs)
+    native = tagger.predict(test)
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    scores = session.run(["score"], test)[0]
+    assert scores.shape == (SPLIT_SIZES["test"],) and scores.dtype == np.float32
+    one = session.run(["score"], {k: v[:1] for k, v in test.items()})[0]
+    assert one.shape == (1,) and abs(float(one[0]) - float(scores[0])) < 1e-5
+    diff = np.abs(scores.astype(np.float64) - np.asarray(native, np.float64))
+    if family == "tree":
+        assert np.mean(diff > 1e-4) < 0.01
+    else:
+        assert diff.max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_evaluate_then_export_champion_loads_through_pyfunc(trained: dict[str, Any]) -> None:
+    """The pipeline's last two steps: the champion lands as models:/wtag@champion, and pyfunc scores = native."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from wtag.evaluation import evaluate_step, find_dataset, load_tagger
+    from wtag.onnx_export import export_step
+
+    experiment_id = trained["experiment_id"]
+    eval_run_id, champion_run_id = evaluate_step(experiment_id, trained["ds"].digest, "test_auc")
+    evaluation = mlflow.get_run(eval_run_id)
+    assert evaluation.data.tags["wtag.champion_run_id"] == champion_run_id
+    table = mlflow.artifacts.load_text(f"runs:/{eval_run_id}/comparison.csv").splitlines()
+    assert len(table) == 1 + len(TAGGER_NAMES)
+    # every tagger type was loaded and timed in the single-thread child process
+    for name in TAGGER_NAMES:
+        assert evaluation.data.metrics[f"{name}.ms_per_1k"] > 0
+        assert evaluation.data.metrics[f"{name}.onnx_bytes"] > 0
+
+    export_run_id, version = export_step(experiment_id)  # default: the newest evaluation's champion
+    assert mlflow.get_run(export_run_id).data.params["source_run_id"] == champion_run_id
+    client = MlflowClient()
+    assert client.get_model_version_by_alias("wtag", "champion").version == version
+
+    ds = find_dataset(experiment_id, trained["ds"].digest)
+    tagger = load_tagger(mlflow.get_run(champion_run_id), ds)
+    test = ds.test.inputs(tagger.inputs)
+    served = mlflow.pyfunc.load_model("models:/wtag@champion").predict(test)["score"]
+    native = tagger.predict(test)
+    assert served.shape == native.shape
+    assert np.mean(np.abs(served - native) > 1e-4) < 0.01
+    assert np.max(np.abs(served - native)) < 1e-2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Registry behaviour (fast: the linear test tagger)
+
+
+def alias_version(model_name: str, alias: str = "champion") -> str | None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def version_count(model_name: str) -> int:
+    from mlflow.tracking import MlflowClient
+
+    return len(MlflowClient().search_model_versions(f"name = '{model_name}'"))
+
+
+@pytest.fixture(scope="module")
+def linear_runs(tracking_server: str, tmp_path_factory: pytest.TempPathFactory,
+                test_taggers: None) -> dict[str, Any]:
+    """Only the test taggers on a fresh dataset: the registry tests need no Keras."""
+    import mlflow
+
+    from wtag.training import train
+
+    mlflow.set_tracking_uri(tracking_server)
+    experiment_id = new_experiment("export-linear")
+    ds = synthetic_dataset(tmp_path_factory.mktemp("prepared") / "linear", seed=11)
+    log_prepare_run(ds)
+    train(ds, ",".join(TEST_TAGGERS), CONFIG)
+    train(ds, "linear", TrainConfig(epochs=1, seed=2))  # a second linear run: a different source run
+    runs = mlflow.search_runs([experiment_id], "tags.`wtag.entry_point` = 'train_tagger' and tags.`wtag.tagger` = "
+                              "'linear'", order_by=["attributes.start_time ASC"], output_format="list")
+    return {"experiment_id": experiment_id, "ds": ds, "runs": tagger_run_ids(experiment_id),
+            "linear_runs": [r.info.run_id for r in runs]}
+
+
+def test_export_registers_and_moves_alias_with_history(linear_runs: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from wtag.onnx_export import export_step
+
+    model_name = f"wtag-test-{uuid.uuid4().hex[:6]}"
+    first, second = linear_runs["linear_runs"]
+    _, v1 = export_step(linear_runs["experiment_id"], first, model_name=model_name)
+    assert alias_version(model_name) == v1
+    _, v2 = export_step(linear_runs["experiment_id"], second, model_name=model_name)
+    assert v2 != v1 and alias_version(model_name) == v2
+    client = MlflowClient()
+    old, new = client.get_model_version(model_name, v1), client.get_model_version(model_name, v2)
+    assert old.tags["wtag.alias.champion.replaced_by"] == v2
+    assert "wtag.alias.champion.until" in old.tags and "wtag.alias.champion.since" in new.tags
+    assert new.tags["wtag.source_run_id"] == second
+    history = json.loads(client.get_registered_model(model_name).tags["wtag.alias_history.champion"])
+    assert [h["version"] for h in history] == [v1, v2]
+    assert history[1]["previous"] == v1 and history[1]["source_run_id"] == second
+    assert version_count(model_name) == 2
+
+
+def test_double_export_creates_no_new_version(linear_runs: dict[str, Any]) -> None:
+    from wtag.onnx_export import export_step
+
+    model_name = f"wtag-test-{uuid.uuid4().hex[:6]}"
+    first, second = linear_runs["linear_runs"]
+    run_a, v1 = export_step(linear_runs["experiment_id"], first, model_name=model_name)
+    export_step(linear_runs["experiment_id"], second, model_name=model_name)
+    run_b, again = export_step(linear_runs["experiment_id"], first, model_name=model_name)
+    assert again == v1 and run_b == run_a
+    assert version_count(model_name) == 2
+    assert alias_version(model_name) == v1  # re-exporting re-points the alias
+
+    # as `mlflow run -e export` calls it: the run it created says why it stays empty
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    adopted = client.create_run(linear_runs["experiment_id"]).info.run_id
+    _, via_mlflow_run = export_step(linear_runs["experiment_id"], second, export_run_id=adopted,
+                                    model_name=model_name)
+    assert via_mlflow_run != v1 and alias_version(model_name) == via_mlflow_run
+    assert version_count(model_name) == 2
+    assert client.get_run(adopted).data.tags["wtag.reused_run"] != adopted
+
+
+def test_reuses_finished_export_run(linear_runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished export with the same parameters and commit is reused: registered, not recomputed."""
+    import mlflow
+
+    from wtag import tracking
+    from wtag.onnx_export import export_step
+
+    monkeypatch.setattr(tracking, "git_commit", lambda repo=None: "test-commit-export")
+    model_name = f"wtag-test-{uuid.uuid4().hex[:6]}"
+    source = linear_runs["linear_runs"][0]
+    run_a, version = export_step(linear_runs["experiment_id"], source, register=False)
+    run_b, version_b = export_step(linear_runs["experiment_id"], source, model_name=model_name)
+    assert run_b == run_a and version == "" and version_b == "1"
+    assert mlflow.get_run(run_a).data.tags["wtag.model_uri"].startswith("models:/")
+    assert alias_version(model_name) == "1"
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("unsupported", "ONNX conversion failed: NotImplementedError: no ONNX conversion for layer 'FancyAttention'"),
+    ("drifting", "max |diff|"),
+    ("label_output", "ONNX outputs are ['probabilities'], the contract needs exactly ['score']"),
+])
+def test_failed_export_leaves_alias(linear_runs: dict[str, Any], name: str, message: str) -> None:
+    import mlflow
+
+    from wtag.onnx_export import export_step
+
+    model_name = f"wtag-test-{uuid.uuid4().hex[:6]}"
+    experiment_id = linear_runs["experiment_id"]
+    _, good = export_step(experiment_id, linear_runs["runs"]["linear"], model_name=model_name)
+    with pytest.raises(WtagError) as err:
+        export_step(experiment_id, linear_runs["runs"][name], model_name=model_name)
+    assert message in str(err.value)
+    assert alias_version(model_name) == good
+    assert version_count(model_name) == 1
+    failed = mlflow.search_runs([experiment_id], f"tags.`wtag.entry_point` = 'export' and params.source_run_id = "
+                                f"'{linear_runs['runs'][name]}'", output_format="list")
+    assert failed and all(r.info.status == "FAILED" for r in failed)
+
+
+def test_drifting_parity_figures_are_logged_before_failing(linear_runs: dict[str, Any]) -> None:
+    import mlflow
+
+    from wtag.onnx_export import export_step
+
+    source = linear_runs["runs"]["drifting"]
+    with pytest.raises(WtagError):
+        export_step(linear_runs["experiment_id"], source, register=False)
+    (run,) = mlflow.search_runs([linear_runs["experiment_id"]], f"params.source_run_id = '{source}'",
+                                order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    # a bias shift of 0.05 in the logit moves scores by up to 0.05 * p(1-p) <= 0.0125
+    assert 1e-3 < run.data.metrics["onnx_max_abs_diff"] <= 0.0125 + 1e-6
+    assert run.data.metrics["onnx_frac_diff"] > 0.5
+
+
+def test_export_without_evaluation_names_the_problem(tracking_server: str) -> None:
+    import mlflow
+
+    from wtag.onnx_export import export_step
+
+    mlflow.set_tracking_uri(tracking_server)
+    experiment_id = new_experiment("export-empty")
+    with pytest.raises(WtagError, match="has no finished evaluation run"):
+        export_step(experiment_id)
+
+
+def test_export_rejects_a_run_that_is_not_a_tagger_run(linear_runs: dict[str, Any]) -> None:
+    import mlflow
+
+    from wtag.onnx_export import export_step
+
+    (prepare,) = mlflow.search_runs([linear_runs["experiment_id"]], "tags.`wtag.entry_point` = 'prepare'",
+                                    output_format="list")
+    with pytest.raises(WtagError, match="not a tagger training run"):
+        export_step(linear_runs["experiment_id"], prepare.info.run_id)
+    with pytest.raises(WtagError, match="no such run"):
+        export_step(linear_runs["experiment_id"], "0" * 32)
+
+
+def test_export_fails_clearly_when_the_dataset_is_gone(linear_runs: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    """The prepared directory moved away: the export names the digest and the missing path."""
+    import mlflow
+
+    from wtag.onnx_export import export_step
+    from wtag.training import train
+
+    experiment_id = new_experiment("export-gone")
+    ds = synthetic_dataset(tmp_path / "gone", seed=5)
+    log_prepare_run(ds)
+    train(ds, "linear", CONFIG)
+    (run,) = mlflow.search_runs([experiment_id], "tags.`wtag.entry_point` = 'train_tagger'", output_format="list")
+    (ds.root / "manifest.json").unlink()
+    with pytest.raises(WtagError, match=f"prepared dataset {ds.digest[:12]} is gone"):
+        export_step(experiment_id, run.info.run_id, register=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure functions
+
+
+def test_contract_check_rejects_wrong_shapes(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from wtag.onnx_export import check_contract
+
+    def model(in_shape: list[Any], out_shape: list[Any], dtype: int = TensorProto.FLOAT) -> Any:
+        graph = helper.make_graph([helper.make_node("ReduceMean", ["hl"], ["score"], keepdims=0, axes=[1])], "g",
+                                  [helper.make_tensor_value_info("hl", dtype, in_shape)],
+                                  [helper.make_tensor_value_info("score", TensorProto.FLOAT, out_shape)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    check_contract(model(["N", 10], ["N"]), ("hl",), "ok")
+    with pytest.raises(WtagError, match=r"input 'hl' has shape \[5, 10\]"):
+        check_contract(model([5, 10], ["N"]), ("hl",), "fixed batch")
+    with pytest.raises(WtagError, match=r"input 'hl' has shape \['N', 9\]"):
+        check_contract(model(["N", 9], ["N"]), ("hl",), "wrong width")
+    with pytest.raises(WtagError, match="input 'hl' is not float32"):
+        check_contract(model(["N", 10], ["N"], TensorProto.DOUBLE), ("hl",), "double")
+    with pytest.raises(WtagError, match=r"output 'score' has shape \['N', 1\]"):
+        check_contract(model(["N", 10], ["N", 1]), ("hl",), "2-D output")
+    with pytest.raises(WtagError, match=r"ONNX inputs are \['hl'\], the contract needs \['particles'\]"):
+        check_contract(model(["N", 10], ["N"]), ("particles",), "wrong input")
+
+
+def test_parity_figures_and_thresholds() -> None:
+    from wtag.onnx_export import check_parity, parity_figures
+
+    native = np.linspace(0.0, 1.0, 1000)
+    onnx_scores = native.copy()
+    onnx_scores[:5] += 2e-4  # five jets flip: 0.5 %
+    figures = parity_figures(native, onnx_scores)
+    assert figures["onnx_frac_diff"] == pytest.approx(0.005)
+    assert figures["onnx_max_abs_diff"] == pytest.approx(2e-4)
+
+    class Tree:
+        name, family = "bdt", "tree"
+
+    class Net:
+        name, family = "dnn", "dense"
+
+    check_parity(Tree(), figures)
+    with pytest.raises(WtagError, match=r"max \|diff\| 0.0002 exceeds 0.0001"):
+        check_parity(Net(), figures)
+    onnx_scores[:20] += 2e-4  # 2 % of jets
+    with pytest.raises(WtagError, match="2.00% of jets differ"):
+        check_parity(Tree(), parity_figures(native, onnx_scores))
+    onnx_scores[:] = native
+    onnx_scores[3] = np.nan
+    assert parity_figures(native, onnx_scores)["onnx_max_abs_diff"] == np.inf
+
+
+def test_metadata_batch_axis_and_chunked_parity(tmp_path: Path) -> None:
+    """Without a server: the linear tagger's graph gets the contract metadata, ``N`` as batch axis, and the
+    chunked ONNX Runtime scores equal the one-shot ones."""
+    from wtag.onnx_export import parity, scores_both, to_onnx_with_metadata
+
+    ds = synthetic_dataset(tmp_path / "ds", seed=3)
+    tagger = LinearTagger(CONFIG, ds.standardization)
+    tagger.fit(ds.train, ds.val)
+    model = to_onnx_with_metadata(tagger, "run-x", ds.digest)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["wtag.run_id"] == "run-x" and props["wtag.tagger"] == "linear"
+    assert json.loads(props["wtag.inputs"]) == ["hl"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    inputs = ds.test.inputs(("hl",))
+    native, whole = scores_both(tagger, model, inputs)
+    _, chunked = scores_both(tagger, model, inputs, chunk=7)
+    np.testing.assert_array_equal(chunked, whole)
+    figures = parity(tagger, model, inputs)
+    assert figures["onnx_max_abs_diff"] < 1e-6 and figures["onnx_parity_jets"] == SPLIT_SIZES["test"]
+    with pytest.raises(WtagError, match=r"tagger 'linear' \(run run-y\): ONNX conversion failed"):
+        to_onnx_with_metadata(UnsupportedLayerTagger(CONFIG, ds.standardization), "run-y", ds.digest)

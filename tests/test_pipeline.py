@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import mlflow_run
+from wtag.dataset import load_prepared
+
+
+def _runs(client: MlflowClient, experiment: str, entry_point: str):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], f"tags.`wtag.entry_point` = '{entry_point}'")
+
+
+@pytest.fixture(scope="session")
+def main_twice(trained_all):
+    """`mlflow run . -e main` twice with the parameters of the finished `train` run."""
+    uri, experiment, _, params, _ = trained_all
+    client = MlflowClient(uri)
+    before = {ep: len(_runs(client, experiment, ep)) for ep in ("prepare", "train", "train_tagger")}
+    first = mlflow_run("main", params, uri, experiment)
+    assert first.returncode == 0, first.stderr[-4000:]
+    after_first = {ep: len(_runs(client, experiment, ep)) for ep in ("prepare", "train", "train_tagger", "evaluate",
+                                                                     "export")}
+    second = mlflow_run("main", params, uri, experiment)
+    assert second.returncode == 0, second.stderr[-4000:]
+    after_second = {ep: len(_runs(client, experiment, ep)) for ep in after_first}
+    return uri, experiment, before, after_first, after_second
+
+
+@pytest.mark.slow
+def test_main_reuses_finished_steps(main_twice):
+    _, _, before, after_first, after_second = main_twice
+    # the first main reuses prepare and train from the earlier `train` run, and adds evaluate + export
+    assert {k: after_first[k] for k in before} == before
+    assert after_first["evaluate"] == 1 and after_first["export"] == 1
+    # the second reuses every step: no new runs but its own main run
+    assert after_second == after_first
+
+
+@pytest.mark.slow
+def test_champion_alias_serves_an_onnx_model_equal_to_the_native_one(main_twice):
+    uri, experiment, *_ = main_twice
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    version = client.get_model_version_by_alias("wtag", "champion")
+    main = _runs(client, experiment, "main")[0]
+    assert main.data.tags["wtag.step.model_version"] == version.version
+    model = mlflow.pyfunc.load_model("models:/wtag@champion")
+    assert model.metadata.flavors.keys() >= {"onnx", "python_function"}
+    champion = client.get_run(main.data.tags["wtag.step.champion"])
+    tagger = champion.data.tags["wtag.tagger"]
+    prep = _runs(client, experiment, "prepare")[0]
+    ds = load_prepared(prep.data.params["dataset_path"])
+    inputs = ds.test.inputs(model.metadata.get_input_schema().input_names())
+    scores = np.asarray(model.predict(inputs if len(inputs) > 1 else next(iter(inputs.values())))).reshape(-1)
+    logged = np.load(mlflow.artifacts.download_artifacts(run_id=champion.info.run_id, artifact_path="test_scores.npz"))
+    tolerance = 1e-4
+    frac = np.mean(np.abs(scores - logged["score"]) > tolerance)
+    assert frac < (0.01 if tagger == "bdt" else 1e-9), (tagger, frac)
