@@ -12,7 +12,8 @@ import pytest
 from wtag import schema
 from wtag.errors import WtagError
 from wtag.jets import read_jets, select
-from wtag.sources.cms_ntuple import OUTPUT_NAME, import_cms_ntuple, read_cms_ntuple
+
+from wtag.sources.cms_ntuple import OUTPUT_NAME, import_cms_ntuple, read_cms_ntuple, write_cms_ntuple
 
 REAL_FILES = [f"cms2011a_jet_pfcands_params{i}.npy" for i in range(3)]
 BASE_DTYPE = [("run", "<i4"), ("lumi", "<i4"), ("event", "<i4"), ("njet_ak7", "<i4"), ("jet_pt_ak7", "<f8"),
@@ -285,3 +286,57 @@ def test_missing_input_and_empty_selection(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     out = import_cms_ntuple([low], tmp_path / "out")
     assert len(read_jets(out)) == 1
+
+
+def _labelled_jets(n: int, seed: int = 3) -> ak.Array:
+    """Jets with two hard prongs (label 1) or one (label 0), pT 200-500 GeV, as simulated MC would give."""
+    from wtag.features import complete_jets
+    from wtag.jets import make_jets
+
+    rng = np.random.default_rng(seed)
+    cols: dict[str, list] = {b: [] for b in schema.CAND_BRANCHES}
+    label = (np.arange(n) % 2).astype(np.int32)
+    for i in range(n):
+        m = rng.integers(15, 40)
+        eta0, phi0 = rng.uniform(-1.5, 1.5), rng.uniform(-np.pi, np.pi)
+        prong = np.where(rng.random(m) < 0.5, 0.25, 0.0) if label[i] else np.zeros(m)
+        cols["ak7pfcand_pt"].append(rng.exponential(12, m) + 0.5)
+        cols["ak7pfcand_eta"].append(eta0 + prong + rng.normal(0, 0.05, m))
+        cols["ak7pfcand_phi"].append(np.angle(np.exp(1j * (phi0 + rng.normal(0, 0.05, m)))))
+        cols["ak7pfcand_id"].append(rng.choice([211, -211, 22, 130], m))
+        cols["ak7pfcand_charge"].append(np.zeros(m, np.int32))
+    jets = make_jets({**cols, "jet_isW_ak7": label, "run": np.full(n, 1), "lumi": np.full(n, 1),
+                      "event": np.arange(n), "ijet": np.zeros(n), "weight": np.ones(n)})
+    jets = complete_jets(jets)
+    scale = rng.uniform(200, 500, n) / ak.to_numpy(jets["jet_pt_ak7"])  # move every jet into the selection
+    cols["ak7pfcand_pt"] = [np.asarray(p) * s for p, s in zip(cols["ak7pfcand_pt"], scale)]
+    jets = make_jets({**cols, "jet_isW_ak7": label, "run": np.full(n, 1), "lumi": np.full(n, 1),
+                      "event": np.arange(n), "ijet": np.zeros(n), "weight": np.ones(n)})
+    return complete_jets(jets)
+
+
+def test_write_then_read_gives_the_same_jets_and_model_inputs(tmp_path):
+    from wtag import features
+
+    jets = _labelled_jets(40)
+    write_cms_ntuple(jets, tmp_path / "mc.npy")
+    back = read_cms_ntuple([tmp_path / "mc.npy"])
+    assert len(back) == 40
+    for name in ("jet_pt_ak7", "jet_msd_ak7", "jet_tau21_ak7", "jet_isW_ak7", "jet_ncand_ak7", "event"):
+        np.testing.assert_array_equal(ak.to_numpy(back[name]), ak.to_numpy(jets[name]))
+    names = ("hl", "images", "particles")
+    a = features.model_inputs(jets, names)
+    b = features.model_inputs(back, names)
+    for name in names:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-6)
+
+
+def test_mc_ntuple_prepares_for_training(tmp_path):
+    from wtag.prepare import PrepareConfig, prepare
+
+    write_cms_ntuple(_labelled_jets(60), tmp_path / "mc.npy")
+    ds = prepare(PrepareConfig(source="cms-ntuple", inputs=(str(tmp_path / "mc.npy"),)), tmp_path / "data",
+                 progress=False)
+    assert sum(c["jets"] for c in ds.manifest["counts"].values()) == 60
+    assert set(ds.train.available()) == {"hl", "images", "particles"}
+    assert ds.manifest["counts"]["test"]["signal"] == 6

@@ -22,6 +22,7 @@ import numpy as np
 
 from wtag import schema
 from wtag.errors import WtagError
+from wtag.fileio import atomic_path
 from wtag.features import complete_jets
 from wtag.jets import make_jets, select, write_jets
 
@@ -240,3 +241,29 @@ def _check_duplicates(columns: dict[str, np.ndarray], jet_of_row: np.ndarray, fi
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def write_cms_ntuple(jets: ak.Array, path: str | os.PathLike[str]) -> None:
+    """Write canonical jets in the tutorial's MC ntuple layout: one row per PF candidate, jet columns repeated.
+
+    The inverse of ``read_cms_ntuple`` for the columns the tutorial's MC ntuples carry (including
+    ``jet_msd_ak7``, ``jet_tau21_ak7``, ``jet_isW_ak7``, ``jet_ncand_ak7``): lets simulated jets travel
+    through the CMS importer, and gives the server's file route a tutorial-format file to score.
+    """
+    counts = ak.to_numpy(ak.num(jets["ak7pfcand_pt"]))
+    jet_columns = ("jet_pt_ak7", "jet_eta_ak7", "jet_phi_ak7", "jet_E_ak7", "jet_msd_ak7", "jet_tau21_ak7")
+    int_jet_columns = ("jet_ncand_ak7", "jet_isW_ak7")
+    fields = ([("run", "<i4"), ("lumi", "<i4"), ("event", "<i4")] + [(c, "<f8") for c in jet_columns]
+              + [(c, "<i4") for c in int_jet_columns] + [("mcweight", "<f8")]
+              + [(c, "<i4" if c in schema.INT_CAND_BRANCHES else "<f8") for c in schema.CAND_BRANCHES]
+              + [("ak7pfcand_ijet", "<i4")])
+    rows = np.zeros(int(counts.sum()), dtype=fields)
+    for name in ("run", "lumi", "event") + jet_columns + int_jet_columns:
+        rows[name] = np.repeat(ak.to_numpy(jets[name]), counts)
+    rows["mcweight"] = np.repeat(ak.to_numpy(jets["weight"]), counts)
+    rows["ak7pfcand_ijet"] = np.repeat(ak.to_numpy(jets["ijet"]), counts)
+    for name in schema.CAND_BRANCHES:
+        rows[name] = ak.to_numpy(ak.flatten(jets[name]))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, rows, allow_pickle=False)
