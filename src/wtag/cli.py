@@ -196,14 +196,14 @@ def cmd_main(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.app import run
-    from serving.settings import load_settings
+    from serving.settings import ServerSettings
 
     if args.model.startswith(("models:/", "runs:/")):
         import mlflow
 
         mlflow.set_tracking_uri(_tracking_uri())
-    settings = load_settings(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-                             max_body_bytes=int(args.max_body_mb * 1024 * 1024), device=args.device)
+    settings = ServerSettings.from_env(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+                                       max_body_bytes=int(args.max_body_mb * 1024 * 1024), device=args.device)
     run(args.model, host=args.host, port=args.port, settings=settings)
     return 0
 
@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models:/wtag@champion", help="registry URI, runs:/ URI or .onnx path")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_int, default=8080)
-    p.add_argument("--max-batch-size", type=_positive_int, default=65536)
+    p.add_argument("--max-batch-size", type=_positive_int, default=16384)
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     p.add_argument("--max-body-mb", type=float, default=256.0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

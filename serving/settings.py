@@ -1,0 +1,90 @@
+"""Server settings: one frozen object built at the edge (CLI or environment), then passed down explicitly."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+from wtag.errors import WtagError
+from wtag.inference import DEVICES
+
+TOKEN_ENV = "WTAG_SERVE_TOKEN"
+# Optional numeric overrides, so ``make serve`` can be tuned without code changes.
+_ENV_FIELDS = {
+    "max_batch_size": "WTAG_SERVE_MAX_BATCH_SIZE",
+    "max_queue_delay_ms": "WTAG_SERVE_MAX_QUEUE_DELAY_MS",
+    "max_body_bytes": "WTAG_SERVE_MAX_BODY_BYTES",
+    "request_timeout_s": "WTAG_SERVE_REQUEST_TIMEOUT_S",
+    "device": "WTAG_SERVE_DEVICE",
+    "intra_op_threads": "WTAG_SERVE_INTRA_OP_THREADS",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """How the server batches, limits and guards requests.
+
+    ``max_batch_size``: most jets merged into one ``session.run`` (bigger requests run alone, in chunks).
+    ``max_queue_delay_ms``: how long a batch may wait for requests that have arrived but are still being
+    parsed; a lone request never waits. ``max_body_bytes``: larger bodies get 413. ``request_timeout_s``:
+    bound on reading a body and on scoring it. ``auth_token``: when set, every route but the health probes
+    and the API document needs ``Authorization: Bearer <token>``. ``device``: auto, cpu or cuda.
+    ``intra_op_threads``: ONNX Runtime threads per run; None leaves one of the usable cores to the event loop
+    (``ort_threads()``): on a 2-core machine a second ORT thread competes with request parsing and loses.
+    """
+
+    max_batch_size: int = 16384
+    max_queue_delay_ms: float = 2.0
+    max_body_bytes: int = 256 * 1024 * 1024
+    request_timeout_s: float = 60.0
+    auth_token: str | None = None
+    device: str = "auto"
+    intra_op_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise WtagError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_ms < 0:
+            raise WtagError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
+        if self.max_body_bytes < 1:
+            raise WtagError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        if self.request_timeout_s <= 0:
+            raise WtagError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.device not in DEVICES:
+            raise WtagError(f"device '{self.device}' is not one of {', '.join(DEVICES)}")
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise WtagError(f"intra_op_threads must be >= 1, got {self.intra_op_threads}")
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise WtagError(f"auth token ({TOKEN_ENV}) is empty; unset it to turn auth off")
+
+    def ort_threads(self) -> int:
+        """The ONNX Runtime intra-op thread count to use."""
+        if self.intra_op_threads is not None:
+            return self.intra_op_threads
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+        return max(1, usable - 1)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ServerSettings:
+        """Settings from ``WTAG_SERVE_*`` variables (token from WTAG_SERVE_TOKEN); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        token = env.get(TOKEN_ENV)
+        if token:
+            values["auth_token"] = token
+        for field in dataclasses.fields(cls):
+            var = _ENV_FIELDS.get(field.name)
+            if var is None or not env.get(var):
+                continue
+            raw = env[var]
+            kind = {"max_batch_size": int, "max_body_bytes": int, "intra_op_threads": int,
+                    "max_queue_delay_ms": float, "request_timeout_s": float, "device": str}[field.name]
+            try:
+                values[field.name] = kind(raw)
+            except ValueError:
+                raise WtagError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise WtagError(f"unknown server settings: {', '.join(sorted(unknown))}")
+        return cls(**values)

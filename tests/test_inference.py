@@ -1,0 +1,332 @@
+"""OnnxTagger: provider choice, loading from files / MLflow model dirs / the registry, validation, scoring."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from wtag import schema
+from wtag.errors import WtagError
+from wtag.features import complete_jets, model_inputs
+from wtag.inference import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    OnnxTagger,
+    create_session,
+    cuda_device_count,
+    load_model_bytes,
+    select_providers,
+)
+from wtag.jets import make_jets
+
+# mlflow warns about its own type hints when mlflow.pyfunc is first imported (third-party, unavoidable).
+MLFLOW_IMPORT_WARNING = pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning")
+N_HL = len(schema.HL_FEATURES)
+N_PART = len(schema.PARTICLE_FEATURES)
+
+
+def _metadata(model: onnx.ModelProto, inputs: list[str], tagger: str) -> onnx.ModelProto:
+    for key, value in {"wtag.tagger": tagger, "wtag.inputs": json.dumps(inputs),
+                       "wtag.hl_features": json.dumps(list(schema.HL_FEATURES)),
+                       "wtag.particle_features": json.dumps(list(schema.PARTICLE_FEATURES)),
+                       "wtag.max_particles": str(schema.MAX_PARTICLES), "wtag.preprocessing": "baked"}.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    return model
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def hl_model(seed: int = 0, input_type: int = TensorProto.FLOAT, output: str = "score") -> onnx.ModelProto:
+    """Logistic regression on the hl table, as exported: raw float32 (N, 10) in, (N,) score out."""
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(0, 0.05, (N_HL, 1)).astype(np.float32)
+    nodes = [helper.make_node("Cast", ["hl"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "b"], ["z1"]),
+             helper.make_node("Sigmoid", ["z1"], ["p"]), helper.make_node("Reshape", ["p", "flat"], [output])]
+    graph = helper.make_graph(
+        nodes, "hl_logreg", [helper.make_tensor_value_info("hl", input_type, ["N", N_HL])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N"])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array([0.1], np.float32), "b"),
+         numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    return _metadata(_model(graph), ["hl"], "dnn")
+
+
+def hl_particles_model(seed: int = 1) -> onnx.ModelProto:
+    """Two inputs (hl and particles), so multi-input validation and batching are exercised."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.05, (N_HL, 1)).astype(np.float32)
+    v = rng.normal(0, 0.05, (N_PART, 1)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["hl", "w"], ["zh"]), helper.make_node("Reshape", ["zh", "flat"], ["h"]),
+             helper.make_node("MatMul", ["particles", "v"], ["zp"]),
+             helper.make_node("ReduceSum", ["zp", "axes"], ["p"], keepdims=0),
+             helper.make_node("Add", ["h", "p"], ["z"]), helper.make_node("Sigmoid", ["z"], ["score"])]
+    graph = helper.make_graph(
+        nodes, "hl_particles",
+        [helper.make_tensor_value_info("hl", TensorProto.FLOAT, ["N", N_HL]),
+         helper.make_tensor_value_info("particles", TensorProto.FLOAT, ["N", schema.MAX_PARTICLES, N_PART])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(v, "v"),
+         numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+         numpy_helper.from_array(np.array([1, 2], np.int64), "axes")])
+    return _metadata(_model(graph), ["hl", "particles"], "pfn")
+
+
+def random_jets(n: int, seed: int = 3) -> ak.Array:
+    """Two-prong jets of random PF candidates around eta 0.3, phi 1 (every field computed from candidates)."""
+    rng = np.random.default_rng(seed)
+    pts, etas, phis, ids, charges = [], [], [], [], []
+    for _ in range(n):
+        k = int(rng.integers(3, 40))
+        prong = rng.integers(0, 2, k)
+        pts.append(rng.exponential(15.0, k) + 1.0)
+        etas.append(0.3 + np.where(prong, 0.25, -0.1) + rng.normal(0, 0.08, k))
+        phis.append(1.0 + np.where(prong, -0.2, 0.1) + rng.normal(0, 0.08, k))
+        ids.append(rng.choice([211, -211, 22, 130, 11, -13], k))
+        charges.append(np.where(np.abs(ids[-1]) == 211, np.sign(ids[-1]), 0))
+    return make_jets({"ak7pfcand_pt": pts, "ak7pfcand_eta": etas, "ak7pfcand_phi": phis, "ak7pfcand_id": ids,
+                      "ak7pfcand_charge": charges})
+
+
+@pytest.fixture
+def hl_path(tmp_path: Path) -> Path:
+    path = tmp_path / "hl.onnx"
+    onnx.save(hl_model(), str(path))
+    return path
+
+
+def direct_scores(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=[CPU_PROVIDER])
+    return session.run(["score"], {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()})[0]
+
+
+def test_select_providers() -> None:
+    assert select_providers("cpu") == [CPU_PROVIDER]
+    with pytest.raises(WtagError, match="device 'tpu' is not one of auto, cpu, cuda"):
+        select_providers("tpu")
+    if cuda_device_count() == 0:
+        assert select_providers("auto") == [CPU_PROVIDER]
+        with pytest.raises(WtagError, match="device 'cuda' requested"):
+            select_providers("cuda")
+    elif CUDA_PROVIDER in ort.get_available_providers():
+        assert select_providers("auto") == [CUDA_PROVIDER, CPU_PROVIDER]
+
+
+def test_create_session_reports_active_provider(hl_path: Path) -> None:
+    session = create_session(hl_path, device="cpu")
+    assert session.get_providers() == [CPU_PROVIDER]
+    auto = create_session(hl_path.read_bytes(), device="auto")
+    assert auto.get_providers()[-1] == CPU_PROVIDER
+    with pytest.raises(WtagError, match="not a loadable ONNX model"):
+        create_session(b"definitely not onnx")
+    with pytest.raises(WtagError, match="intra_op_threads must be >= 1"):
+        create_session(hl_path, intra_op_threads=0)
+
+
+def test_tagger_from_file_reads_metadata_and_scores(hl_path: Path) -> None:
+    tagger = OnnxTagger(hl_path)
+    assert tagger.sha256 == hashlib.sha256(hl_path.read_bytes()).hexdigest()
+    assert tagger.inputs == ("hl",)
+    assert tagger.input_shapes == {"hl": (None, N_HL)}
+    assert tagger.tagger == "dnn"
+    assert tagger.hl_features == schema.HL_FEATURES
+    assert tagger.provider == CPU_PROVIDER
+    assert tagger.source.path == str(hl_path.resolve())
+    assert tagger.version == "1"
+    x = np.random.default_rng(5).normal(size=(37, N_HL))
+    scores = tagger.score({"hl": x})
+    assert scores.dtype == np.float32 and scores.shape == (37,)
+    np.testing.assert_array_equal(scores, direct_scores(hl_path, {"hl": x}))
+    assert np.ptp(scores) > 0.01
+    described = tagger.describe()
+    assert described["sha256"] == tagger.sha256 and described["inputs"] == {"hl": [-1, N_HL]}
+
+
+def test_chunks_never_exceed_max_batch(hl_path: Path) -> None:
+    runs: list[int] = []
+
+    class Counting(OnnxTagger):
+        def _run_once(self, inputs):  # type: ignore[no-untyped-def]
+            runs.append(len(inputs["hl"]))
+            return super()._run_once(inputs)
+
+    x = np.random.default_rng(6).normal(size=(50, N_HL)).astype(np.float32)
+    chunked = Counting(hl_path, max_batch=7).score({"hl": x})
+    assert runs == [7] * 7 + [1]
+    np.testing.assert_array_equal(chunked, direct_scores(hl_path, {"hl": x}))
+    with pytest.raises(WtagError, match="max_batch must be >= 1"):
+        OnnxTagger(hl_path, max_batch=0)
+
+
+@pytest.mark.slow
+@MLFLOW_IMPORT_WARNING
+def test_tagger_from_bytes_and_mlflow_model_dir(hl_path: Path, tmp_path: Path) -> None:
+    import mlflow.onnx
+
+    model_dir = tmp_path / "mlflow_model"
+    mlflow.onnx.save_model(onnx.load(str(hl_path)), str(model_dir))
+    from_dir = OnnxTagger(model_dir)
+    assert from_dir.sha256 == hashlib.sha256((model_dir / "model.onnx").read_bytes()).hexdigest()
+    from_bytes = OnnxTagger(hl_path.read_bytes())
+    x = np.random.default_rng(7).normal(size=(4, N_HL))
+    np.testing.assert_array_equal(from_dir.score({"hl": x}), from_bytes.score({"hl": x}))
+    assert from_bytes.source.uri == "<bytes>"
+
+
+def test_tensors_stored_beside_the_model_are_loaded(tmp_path: Path) -> None:
+    folder = tmp_path / "external"
+    folder.mkdir()
+    path = folder / "model.onnx"
+    onnx.save_model(hl_model(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    assert (folder / "weights.bin").stat().st_size > 0
+    tagger = OnnxTagger(path)
+    assert tagger.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    x = np.random.default_rng(4).normal(size=(3, N_HL))
+    np.testing.assert_array_equal(tagger.score({"hl": x}), OnnxTagger(hl_model().SerializeToString()).score({"hl": x}))
+    (folder / "weights.bin").unlink()
+    with pytest.raises(WtagError, match="cannot load the tensors it stores in separate files"):
+        OnnxTagger(path)
+
+
+def _corrupt_file(folder: Path) -> Path:
+    path = folder / "bad.onnx"
+    path.write_bytes(b"\x08garbage")
+    return path
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: d / "missing.onnx", "no such file, directory or MLflow model URI"),
+    (_corrupt_file, "not a loadable ONNX model"),
+    (lambda d: d, "found 2 .onnx files"),
+])
+def test_unloadable_models_are_wtag_errors(hl_path: Path, tmp_path: Path, setup: Callable[[Path], Path],
+                                           message: str) -> None:
+    (tmp_path / "second.onnx").write_bytes(hl_path.read_bytes())
+    with pytest.raises(WtagError, match=message):
+        OnnxTagger(setup(tmp_path))
+
+
+def test_models_breaking_the_contract_are_refused(tmp_path: Path) -> None:
+    double = tmp_path / "double.onnx"
+    onnx.save(hl_model(input_type=TensorProto.DOUBLE), str(double))
+    with pytest.raises(WtagError, match="input 'hl' has type tensor\\(double\\), expected tensor\\(float\\)"):
+        OnnxTagger(double)
+    wrong_output = tmp_path / "prob.onnx"
+    onnx.save(hl_model(output="probability"), str(wrong_output))
+    with pytest.raises(WtagError, match="no output named 'score' \\(outputs: probability\\)"):
+        OnnxTagger(wrong_output)
+    lying = hl_model()
+    for prop in lying.metadata_props:
+        if prop.key == "wtag.inputs":
+            prop.value = json.dumps(["images"])
+    with pytest.raises(WtagError, match="metadata wtag.inputs .* does not match the graph inputs"):
+        OnnxTagger(lying.SerializeToString())
+
+
+@pytest.fixture
+def two_input_tagger() -> OnnxTagger:
+    return OnnxTagger(hl_particles_model().SerializeToString())
+
+
+def _two_inputs(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(8)
+    return {"hl": rng.normal(size=(n, N_HL)), "particles": rng.normal(size=(n, schema.MAX_PARTICLES, N_PART))}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda x: {"hl": x["hl"]}, "missing 'particles'"),
+    (lambda x: {**x, "images": x["hl"]}, "unexpected 'images'"),
+    (lambda x: {**x, "hl": x["hl"][:, :9]}, r"input 'hl' has shape \(3, 9\), expected \(N, 10\)"),
+    (lambda x: {**x, "hl": x["hl"][0]}, r"input 'hl' has shape \(10,\), expected \(N, 10\)"),
+    (lambda x: {**x, "particles": x["particles"][:, :10]}, r"expected \(N, 64, 11\)"),
+    (lambda x: {**x, "hl": x["hl"].astype(str)}, "input 'hl' has dtype <U"),
+    (lambda x: {**x, "hl": x["hl"] > 0}, "input 'hl' has dtype bool"),
+    (lambda x: {**x, "hl": [[1.0] * 10, [1.0] * 9, [1.0] * 10]}, "input 'hl' is not a rectangular numeric array"),
+    (lambda x: {**x, "hl": x["hl"][:0], "particles": x["particles"][:0]}, "input 'hl' is an empty batch"),
+    (lambda x: {**x, "hl": x["hl"][:2]}, "input 'particles' has 3 rows but 'hl' has 2"),
+    (lambda x: {**x, "hl": np.where(np.arange(10) == 4, np.nan, x["hl"])},
+     r"'hl' has a NaN or infinite value \(row 0\)"),
+    (lambda x: {**x, "particles": np.where(np.arange(3)[:, None, None] == 2, np.inf, x["particles"])},
+     r"'particles' has a NaN or infinite value \(row 2\)"),
+    (lambda x: {**x, "hl": x["hl"] * 1e300}, "'hl' has a NaN or infinite value"),
+    (lambda x: [x["hl"]], "inputs must map input names to arrays, got list"),
+])
+def test_validate_names_the_problem(two_input_tagger: OnnxTagger, change: Callable[[dict], object],
+                                    message: str) -> None:
+    with pytest.raises(WtagError, match=message):
+        two_input_tagger.validate(change(_two_inputs(3)))
+
+
+def test_validate_casts_to_contiguous_float32(two_input_tagger: OnnxTagger) -> None:
+    inputs = _two_inputs(5)
+    inputs["hl"] = np.asfortranarray(inputs["hl"]).astype(np.int64)
+    out = two_input_tagger.validate(inputs)
+    assert out["hl"].dtype == np.float32 and out["hl"].flags.c_contiguous
+    assert out["particles"].dtype == np.float32
+    np.testing.assert_array_equal(out["hl"], inputs["hl"].astype(np.float32))
+
+
+def test_score_jets_uses_the_training_feature_code(two_input_tagger: OnnxTagger) -> None:
+    jets = random_jets(25)
+    expected = model_inputs(complete_jets(jets), ["hl", "particles"], max_particles=schema.MAX_PARTICLES)
+    session = two_input_tagger.session
+    offline = session.run(["score"], expected)[0]
+    scores = two_input_tagger.score_jets(jets)
+    np.testing.assert_array_equal(scores, offline)
+    assert np.ptp(scores) > 0
+    with pytest.raises(WtagError, match="no jets to score"):
+        two_input_tagger.score_jets(jets[:0])
+    older = hl_particles_model()
+    for prop in older.metadata_props:
+        if prop.key == "wtag.hl_features":
+            prop.value = json.dumps(list(reversed(schema.HL_FEATURES)))
+    with pytest.raises(WtagError, match="was trained on hl features"):
+        OnnxTagger(older.SerializeToString()).score_jets(jets)
+
+
+@pytest.mark.slow
+@MLFLOW_IMPORT_WARNING
+def test_tagger_from_registry_alias(tracking_uri: str, hl_path: Path) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_experiment("inference-test")
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(onnx.load(str(hl_path)), name="model", registered_model_name="wtag-test")
+    client = MlflowClient()
+    version = info.registered_model_version
+    client.set_registered_model_alias("wtag-test", "champion", version)
+    tagger = OnnxTagger("models:/wtag-test@champion")
+    assert tagger.source.registered_name == "wtag-test"
+    assert tagger.source.version == str(version) == tagger.version
+    assert tagger.sha256 == hashlib.sha256(hl_path.read_bytes()).hexdigest()
+    x = np.random.default_rng(9).normal(size=(6, N_HL))
+    np.testing.assert_array_equal(tagger.score({"hl": x}), direct_scores(hl_path, {"hl": x}))
+    with pytest.raises(WtagError, match="models:/wtag-test@nobody': cannot fetch it from MLflow"):
+        load_model_bytes("models:/wtag-test@nobody")
+
+
+@pytest.mark.gpu
+def test_cuda_session_matches_cpu(hl_path: Path) -> None:
+    if cuda_device_count() == 0:
+        pytest.skip("no CUDA GPU visible")
+    session = create_session(hl_path, device="auto")
+    if CUDA_PROVIDER not in session.get_providers():
+        pytest.skip("CUDA execution provider did not start on this machine")
+    gpu = OnnxTagger(hl_path, device="cuda")
+    assert gpu.provider == CUDA_PROVIDER
+    x = np.random.default_rng(10).normal(size=(1000, N_HL))
+    np.testing.assert_allclose(gpu.score({"hl": x}), OnnxTagger(hl_path, device="cpu").score({"hl": x}), atol=1e-6)
