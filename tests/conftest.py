@@ -58,7 +58,9 @@ def mlflow_run(entry_point: str, params: dict[str, str], uri: str, experiment: s
             "--experiment-name", experiment]
     for k, v in params.items():
         args += ["-P", f"{k}={v}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
+    env.update(MLFLOW_TRACKING_URI=uri, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
 
 

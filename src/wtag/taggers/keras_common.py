@@ -1,0 +1,281 @@
+"""What every Keras tagger shares: raw-input preprocessing baked into the graph, the training loop, MLflow
+logging in the native ``keras`` flavor and ONNX export.
+
+The graphs use only built-in Keras layers and ``keras.ops`` (no Lambda, no custom classes), so a logged model
+loads with ``mlflow.pyfunc.load_model`` in any process that has Keras, without importing wtag. Each model
+takes RAW inputs (standardization constants live in the graph) and outputs a 1-D signal probability.
+"""
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import keras
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from wtag import schema
+from wtag.dataset import Split, Standardization
+from wtag.errors import WtagError
+from wtag.taggers.base import EpochCallback, Tagger, TrainConfig
+
+# ONNX opset for tf2onnx: new enough for every op our graphs use, within the range the contract allows.
+ONNX_OPSET = 17
+ONNX_BATCH_DIM = "N"
+PREDICT_BATCH_SIZE = 1024
+# How many rows of the caller's input example are stored with a logged model.
+EXAMPLE_ROWS = 3
+
+
+def set_threads(intra_op: int, inter_op: int) -> bool:
+    """Cap TensorFlow's thread pools (e.g. to share a small machine); False if TF already started its pools.
+
+    TensorFlow only accepts this before it runs its first op, so call it early (CLI, entry points, tests).
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:
+        return False
+    return True
+
+
+def standardize(mean: Sequence[float], std: Sequence[float], name: str) -> keras.layers.Layer:
+    """A layer computing ``(x - mean) / std`` per feature (last axis), the constants stored in the graph.
+
+    A ``Rescaling`` layer with per-feature scale/offset rather than ``Normalization(mean=, variance=)``: the
+    latter keeps its constants as captured eager tensors, which tf2onnx turns into extra graph INPUTS.
+    """
+    mean64 = np.asarray(mean, dtype=np.float64)
+    std64 = np.asarray(std, dtype=np.float64)
+    if mean64.shape != std64.shape or mean64.ndim != 1 or not np.all(std64 > 0):
+        raise WtagError(f"standardization for '{name}': need equal-length mean/std vectors with std > 0, "
+                        f"got mean {mean64.shape}, std {std64.shape}")
+    return keras.layers.Rescaling(scale=tuple(float(v) for v in 1.0 / std64),
+                                  offset=tuple(float(v) for v in -mean64 / std64), name=name)
+
+
+def particle_mask(particles: keras.KerasTensor) -> keras.KerasTensor:
+    """Boolean (N, MAX_PARTICLES) mask of real particles, from the RAW pT column (padded rows have pt == 0)."""
+    return keras.ops.greater(particles[..., schema.PARTICLE_FEATURES.index("pt")], 0.0)
+
+
+def standardized_particles(particles: keras.KerasTensor, standardization: Standardization
+                           ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """Standardized particle features with padded rows forced back to zero, and the mask (from raw pT).
+
+    The mask must come from the raw input: after standardization a padded row is no longer all zeros.
+    """
+    if standardization.particle_mean is None or standardization.particle_std is None:
+        raise WtagError("standardization has no particle_mean/particle_std: the dataset has no 'particles' input")
+    mask = particle_mask(particles)
+    scaled = standardize(standardization.particle_mean, standardization.particle_std, "standardize")(particles)
+    zeroed = scaled * keras.ops.expand_dims(keras.ops.cast(mask, scaled.dtype), -1)
+    return zeroed, mask
+
+
+class _ValidationAUC(keras.callbacks.Callback):
+    """Adds ``val_auc`` (weighted ROC AUC on the validation set) to the epoch logs and forwards the
+    epoch's ``loss``/``val_loss``/``val_auc`` to the caller's callback (e.g. MLflow metric logging)."""
+
+    def __init__(self, x: dict[str, np.ndarray], y: np.ndarray, w: np.ndarray,
+                 on_epoch_end: EpochCallback | None) -> None:
+        super().__init__()
+        self._x, self._y, self._w = x, y, w
+        self._forward = on_epoch_end
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        scores = self.model.predict(self._x, batch_size=PREDICT_BATCH_SIZE, verbose=0).reshape(-1)
+        logs["val_auc"] = float(roc_auc_score(self._y, scores, sample_weight=self._w))
+        if self._forward is not None:
+            self._forward(epoch, {k: float(logs[k]) for k in ("loss", "val_loss", "val_auc")})
+
+
+class KerasTagger(Tagger):
+    """Base for the Keras taggers: a subclass names its input and builds the network from a raw input.
+
+    ``build_network`` maps the raw ``keras.Input`` to a (N, 1) sigmoid output; training uses that shape (so
+    Keras weights the loss per jet), while the logged and exported model squeezes it to (N,).
+    """
+
+    flavor: ClassVar[str] = "keras"
+
+    def __init__(self, config: TrainConfig, standardization: Standardization) -> None:
+        super().__init__(config, standardization)
+        self._model: keras.Model | None = None
+
+    @abc.abstractmethod
+    def build_network(self, raw: keras.KerasTensor) -> keras.KerasTensor:
+        """The (N, 1) sigmoid output computed from the raw input tensor (standardization included)."""
+
+    @abc.abstractmethod
+    def architecture(self) -> dict[str, Any]:
+        """The architecture's defining numbers (layer sizes, dropout, ...) for logging as parameters."""
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0]
+
+    @property
+    def model(self) -> keras.Model:
+        """The scoring model (raw input -> (N,) score); a WtagError before ``fit`` or ``load_logged``."""
+        if self._model is None:
+            raise WtagError(f"tagger '{self.name}' has no model yet: fit it or load a logged one")
+        return self._model
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The architecture and the optimisation choices; the TrainConfig numbers are logged by the caller
+        (``TrainConfig.params``)."""
+        return {**self.architecture(), "optimizer": "adam", "loss": "binary_crossentropy",
+                "early_stopping": "val_loss"}
+
+    def _build(self) -> tuple[keras.Model, keras.Model]:
+        """The training model ((N, 1) output) and the scoring model ((N,) output) sharing its layers.
+
+        Both take a dict ``{input name: array}``, the form MLflow's pyfunc passes for a named signature.
+        """
+        raw = keras.Input(shape=_input_shape(self.input_name), dtype="float32", name=self.input_name)
+        prob = self.build_network(raw)
+        train_model = keras.Model({self.input_name: raw}, prob, name=f"{self.name}_train")
+        score = keras.ops.squeeze(prob, axis=-1)
+        return train_model, keras.Model({self.input_name: raw}, score, name=self.name)
+
+    def fit(self, train: Split, val: Split, on_epoch_end: EpochCallback | None = None) -> dict[str, list[float]]:
+        _check_config(self.config)
+        x, y, w = self._arrays(train, "training")
+        xv, yv, wv = self._arrays(val, "validation")
+        keras.utils.set_random_seed(self.config.seed)
+        train_model, score_model = self._build()
+        train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.config.learning_rate),
+                            loss=keras.losses.BinaryCrossentropy())
+        callbacks = [
+            _ValidationAUC(xv, yv, wv, on_epoch_end),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience,
+                                          restore_best_weights=True),
+        ]
+        result = train_model.fit(x, y.reshape(-1, 1), sample_weight=w, validation_data=(xv, yv.reshape(-1, 1), wv),
+                                 epochs=self.config.epochs, batch_size=self.config.batch_size, shuffle=True,
+                                 callbacks=callbacks, verbose=2 if self.config.verbose else 0)
+        self._model = score_model
+        return {key: [float(v) for v in result.history[key]] for key in ("loss", "val_loss", "val_auc")}
+
+    def _arrays(self, split: Split, what: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        x = {self.input_name: np.asarray(split.inputs([self.input_name])[self.input_name], dtype=np.float32)}
+        self.check_inputs(x)
+        y = np.asarray(split.label)
+        if not np.isin(y, (0, 1)).all():
+            raise WtagError(f"{what} split: tagger '{self.name}' needs labels 0 or 1, got {sorted(set(np.unique(y)))}")
+        if len(np.unique(y)) < 2:
+            raise WtagError(f"{what} split: tagger '{self.name}' needs both signal and background jets "
+                            f"({len(y)} jets, all label {int(y[0]) if len(y) else 'none'})")
+        return x, y.astype(np.float32), np.asarray(split.weight, dtype=np.float32)
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        self.check_inputs(inputs)
+        x = np.asarray(inputs[self.input_name], dtype=np.float32)
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.float32)
+        scores = self.model.predict({self.input_name: x}, batch_size=PREDICT_BATCH_SIZE, verbose=0)
+        return np.asarray(scores, dtype=np.float32)
+
+    def log_model(self, name: str, input_example: Mapping[str, np.ndarray]) -> Any:
+        """Log in MLflow's ``keras`` flavor; the signature names the input so pyfunc takes ``{input: array}``
+        exactly like the exported ONNX model does."""
+        import mlflow
+        import tensorflow as tf
+        from mlflow.models import infer_signature
+
+        self.check_inputs(input_example)
+        example = {self.input_name: np.asarray(input_example[self.input_name][:EXAMPLE_ROWS], dtype=np.float32)}
+        signature = infer_signature(example, self.predict(example))
+        return mlflow.models.Model.log(artifact_path=None, name=name, flavor=_KerasFlavor, flavor_name="mlflow.keras",
+                                       model=self.model, signature=signature, input_example=example,
+                                       pip_requirements=[f"keras=={keras.__version__}",
+                                                         f"tensorflow=={tf.__version__}"])
+
+    @classmethod
+    def load_logged(cls, model_uri: str, config: TrainConfig, standardization: Standardization) -> KerasTagger:
+        import mlflow
+
+        model = mlflow.keras.load_model(model_uri)
+        names = [t.name for t in model.inputs]
+        if names != [cls.inputs[0]]:
+            raise WtagError(f"{model_uri}: model inputs {names} do not fit tagger '{cls.name}' "
+                            f"(expects '{cls.inputs[0]}')")
+        tagger = cls(config, standardization)
+        tagger._model = model
+        return tagger
+
+    def to_onnx(self) -> Any:
+        """Convert with tf2onnx from a tf.function returning ``{"score": ...}``, which names the output.
+
+        ``model.export(format="onnx")`` would also work, but it names the output ``output_0`` and its numpy-2
+        patch of tf2onnx emits a FutureWarning; calling tf2onnx directly avoids both.
+        """
+        import onnx
+        import tensorflow as tf
+        import tf2onnx
+
+        model = self.model
+        spec = tf.TensorSpec((None, *_input_shape(self.input_name)), tf.float32, name=self.input_name)
+
+        @tf.function(input_signature=[spec])
+        def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {schema.OUTPUT_SCORE: model({self.input_name: x}, training=False)}
+
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=ONNX_OPSET)
+        for value in (*proto.graph.input, *proto.graph.output):
+            value.type.tensor_type.shape.dim[0].dim_param = ONNX_BATCH_DIM
+        onnx.checker.check_model(proto)
+        return proto
+
+
+class _KerasFlavor:
+    """``mlflow.keras`` as a flavor for ``Model.log``, but creating the model directory first: in MLflow 3.17
+    ``mlflow.keras.save_model`` writes the input example before it creates the directory, so
+    ``mlflow.keras.log_model(..., input_example=...)`` fails (mlflow/mlflow#16183)."""
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        import mlflow
+
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def _check_config(config: TrainConfig) -> None:
+    problems = [f"{key}={value}" for key, value, ok in (
+        ("epochs", config.epochs, config.epochs >= 1),
+        ("batch_size", config.batch_size, config.batch_size >= 1),
+        ("learning_rate", config.learning_rate, config.learning_rate > 0),
+        ("patience", config.patience, config.patience >= 0),
+    ) if not ok]
+    if problems:
+        raise WtagError(f"training parameters out of range: {', '.join(problems)} (need epochs >= 1, "
+                        "batch_size >= 1, learning_rate > 0, patience >= 0)")
+
+
+def _input_shape(name: str) -> tuple[int, ...]:
+    from wtag.taggers import expected_shape
+
+    return expected_shape(name)
+
+
+def dense_stack(x: keras.KerasTensor, units: Sequence[int], dropout: float, prefix: str,
+                activation: str = "relu") -> keras.KerasTensor:
+    """Dense layers of the given widths, each followed by dropout when ``dropout`` > 0."""
+    for i, width in enumerate(units):
+        x = keras.layers.Dense(width, activation=activation, name=f"{prefix}{i}")(x)
+        if dropout > 0:
+            x = keras.layers.Dropout(dropout, name=f"{prefix}{i}_dropout")(x)
+    return x
+
+
+def sigmoid_output(x: keras.KerasTensor) -> keras.KerasTensor:
+    return keras.layers.Dense(1, activation="sigmoid", name="output")(x)
+

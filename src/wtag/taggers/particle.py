@@ -1,0 +1,36 @@
+"""Particle Flow Network (Deep Sets) on the constituent list: a per-particle MLP, a masked sum over
+particles, and an MLP on the sum. Permutation invariant, and cheap to train and to export to ONNX.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import keras
+
+from wtag import schema
+from wtag.taggers.keras_common import KerasTagger, dense_stack, sigmoid_output, standardized_particles
+
+
+class PFNTagger(KerasTagger):
+    """Phi (Dense 64-64-64 on every particle) -> sum over real particles -> F (Dense 64-64) -> sigmoid."""
+
+    name: ClassVar[str] = "pfn"
+    family: ClassVar[str] = "particle"
+    inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
+
+    phi_units: ClassVar[tuple[int, ...]] = (64, 64, 64)
+    f_units: ClassVar[tuple[int, ...]] = (64, 64)
+    dropout: ClassVar[float] = 0.1
+
+    def architecture(self) -> dict[str, Any]:
+        return {"architecture": "pfn", "phi_units": ",".join(map(str, self.phi_units)),
+                "f_units": ",".join(map(str, self.f_units)), "dropout": self.dropout,
+                "max_particles": schema.MAX_PARTICLES, "particle_features": ",".join(schema.PARTICLE_FEATURES)}
+
+    def build_network(self, raw: keras.KerasTensor) -> keras.KerasTensor:
+        x, mask = standardized_particles(raw, self.standardization)
+        phi = dense_stack(x, self.phi_units, 0.0, "phi")
+        # Padded rows have zero input but not zero phi (biases), so the mask, not the padding, decides.
+        weights = keras.ops.expand_dims(keras.ops.cast(mask, phi.dtype), -1)
+        latent = keras.ops.sum(phi * weights, axis=1)
+        return sigmoid_output(dense_stack(latent, self.f_units, self.dropout, "f"))

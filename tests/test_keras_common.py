@@ -1,0 +1,366 @@
+"""Tests of the shared Keras machinery, plus the synthetic data and contract checks the per-tagger test
+modules (test_dense, test_cnn, test_recurrent, test_particle) import from here."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnxruntime as ort
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from wtag import schema
+from wtag.dataset import Split, Standardization
+from wtag.errors import WtagError
+from wtag.taggers import build_tagger, expected_shape, tagger_class
+from wtag.taggers.base import TrainConfig
+from wtag.taggers.keras_common import (
+    ONNX_BATCH_DIM,
+    KerasTagger,
+    set_threads,
+    standardize,
+    standardized_particles,
+)
+
+# Unavoidable third-party warnings while logging a Keras model to a SQLite tracking store.
+MLFLOW_WARNINGS = pytest.mark.filterwarnings(
+    # Keras saving calls np.array() on TF variables, whose __array__ lacks NumPy 2's copy keyword
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
+    # SQLAlchemy 2.1 deprecates a loader option MLflow's SQL store still uses
+    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning",
+    # emitted once, when mlflow.pyfunc is first imported (mlflow.types.responses builds a schema at import time)
+    "ignore:.*Any type hint is inferred as AnyType:UserWarning",
+)
+
+# One thread per pool: the suite shares small CI machines; must run before TensorFlow's first op.
+set_threads(1, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Synthetic data and contract checks shared by the per-tagger test modules
+# ----------------------------------------------------------------------------------------------------------------
+
+def synthetic_split(n: int, seed: int, separation: float = 1.0) -> Split:
+    """Balanced jets with all three raw inputs at realistic scales; signal differs by ``separation``.
+
+    Particle lists are pT-ordered and zero-padded with random multiplicities (1..MAX_PARTICLES).
+    """
+    rng = np.random.default_rng(seed)
+    label = (np.arange(n) % 2).astype(np.int64)
+    sig = label[:, None].astype(np.float64)
+    n_hl = len(schema.HL_FEATURES)
+    hl_scale = np.linspace(0.5, 150.0, n_hl)
+    hl = (rng.normal(size=(n, n_hl)) + separation * sig * (np.arange(n_hl) % 3 == 0)) * hl_scale + 2 * hl_scale
+
+    images = rng.exponential(0.5, size=(n, 30, 30)) * (rng.random((n, 30, 30)) < 0.05)
+    images[:, 14:16, 14:16] += rng.uniform(50.0, 150.0, size=(n, 1, 1))
+    images[:, 19:21, 14:16] += separation * sig[:, :, None] * rng.uniform(20.0, 60.0, size=(n, 1, 1))
+
+    n_feat = len(schema.PARTICLE_FEATURES)
+    particles = np.zeros((n, schema.MAX_PARTICLES, n_feat))
+    multiplicity = rng.integers(1, schema.MAX_PARTICLES + 1, size=n)
+    for i, m in enumerate(multiplicity):
+        pt = np.sort(rng.exponential(15.0, size=m) + 0.5)[::-1]
+        deta = rng.normal(0.0, 0.2, size=m) + separation * 0.3 * label[i]
+        dphi = rng.normal(0.0, 0.2, size=m)
+        kind = rng.integers(0, 5, size=m)
+        particles[i, :m, 0] = pt
+        particles[i, :m, 1] = deta
+        particles[i, :m, 2] = dphi
+        particles[i, :m, 3] = np.log(pt / pt.sum())
+        particles[i, :m, 4] = np.hypot(deta, dphi)
+        particles[i, :m, 5] = np.where(kind == 0, rng.choice([-1.0, 1.0], size=m), 0.0)
+        particles[i, :m, 6 + kind] = 1.0
+    return Split(label=label, weight=rng.uniform(0.5, 1.5, n).astype(np.float32),
+                 msd=rng.uniform(0.0, 200.0, n), pt=rng.uniform(200.0, 500.0, n),
+                 hl=hl.astype(np.float32), images=images[..., None].astype(np.float32),
+                 particles=particles.astype(np.float32))
+
+
+def tiny_config(**overrides: object) -> TrainConfig:
+    return TrainConfig(**{"epochs": 2, "batch_size": 32, "learning_rate": 3e-3, "patience": 5, "seed": 7,
+                          **overrides})
+
+
+def fitted(name: str, n_train: int = 160, n_val: int = 96, **config: object) -> tuple[KerasTagger, Split, dict]:
+    train, val = synthetic_split(n_train, seed=1), synthetic_split(n_val, seed=2)
+    tagger = build_tagger(name, tiny_config(**config), Standardization.fit(train))
+    history = tagger.fit(train, val)
+    return tagger, val, history
+
+
+def check_scores(tagger: KerasTagger, split: Split) -> np.ndarray:
+    scores = tagger.predict(split.inputs(tagger.inputs))
+    assert scores.shape == (len(split),)
+    assert scores.dtype == np.float32
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert np.std(scores) > 0, "constant scores: the network ignores its input"
+    return scores
+
+
+def check_history(history: dict[str, list[float]], epochs: int) -> None:
+    assert set(history) == {"loss", "val_loss", "val_auc"}
+    for key, values in history.items():
+        assert len(values) == epochs, key
+        assert all(np.isfinite(values)), key
+    assert all(0.0 <= v <= 1.0 for v in history["val_auc"])
+
+
+def check_weights_change_loss(name: str) -> None:
+    """Two one-epoch fits from the same seed that differ only in the sample weights differ in loss."""
+    train, val = synthetic_split(96, seed=3), synthetic_split(48, seed=4)
+    standardization = Standardization.fit(train)
+    losses = []
+    for weight in (np.ones(len(train), np.float32), np.where(train.label == 1, 3.0, 0.2).astype(np.float32)):
+        train.weight = weight
+        tagger = build_tagger(name, tiny_config(epochs=1), standardization)
+        losses.append(tagger.fit(train, val)["loss"][0])
+    assert abs(losses[0] - losses[1]) > 1e-3, losses
+
+
+def check_rejects_misshaped(tagger: KerasTagger) -> None:
+    name = tagger.inputs[0]
+    want = expected_shape(name)
+    bad = np.zeros((4, *want[:-1], want[-1] + 1), dtype=np.float32)
+    with pytest.raises(WtagError, match=f"input '{name}' has shape"):
+        tagger.predict({name: bad})
+    with pytest.raises(WtagError, match=f"needs input '{name}'"):
+        tagger.predict({"wrong": np.zeros((4, *want), dtype=np.float32)})
+
+
+def check_mlflow_roundtrip(tagger: KerasTagger, split: Split, experiment_id: str) -> None:
+    """Native keras flavor: pyfunc scores equal predict; load_logged rebuilds an equivalent tagger."""
+    import mlflow
+
+    inputs = split.inputs(tagger.inputs)
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = tagger.log_model("model", inputs)
+    assert info.flavors.keys() >= {"keras", "python_function"}
+    assert info.signature.inputs.input_names() == [tagger.inputs[0]]
+    assert info.saved_input_example_info is not None
+    expected = tagger.predict(inputs)
+    pyfunc_scores = np.asarray(mlflow.pyfunc.load_model(info.model_uri).predict(dict(inputs)))
+    np.testing.assert_allclose(pyfunc_scores.reshape(-1), expected, atol=1e-6)
+    loaded = type(tagger).load_logged(info.model_uri, tagger.config, tagger.standardization)
+    np.testing.assert_allclose(loaded.predict(inputs), expected, atol=1e-6)
+    # export starts from the logged model, so the reloaded graph must convert too
+    session = ort.InferenceSession(loaded.to_onnx().SerializeToString(), providers=["CPUExecutionProvider"])
+    name = tagger.inputs[0]
+    (onnx_scores,) = session.run(None, {name: inputs[name][:16]})
+    np.testing.assert_allclose(onnx_scores, expected[:16], atol=1e-4)
+
+
+def check_onnx_parity(tagger: KerasTagger, split: Split) -> float:
+    """ONNX Runtime (CPU) vs Keras at batch sizes 1 and 257; returns the max |diff|."""
+    proto = tagger.to_onnx()
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(tagger.inputs)
+    assert [o.name for o in session.get_outputs()] == [schema.OUTPUT_SCORE]
+    x = split.inputs(tagger.inputs)[tagger.inputs[0]]
+    assert len(x) >= 257
+    worst = 0.0
+    for n in (1, 257):
+        (onnx_scores,) = session.run(None, {tagger.inputs[0]: x[:n]})
+        assert onnx_scores.shape == (n,)
+        assert onnx_scores.dtype == np.float32
+        worst = max(worst, float(np.max(np.abs(onnx_scores - tagger.predict({tagger.inputs[0]: x[:n]})))))
+    assert worst <= 1e-4
+    return worst
+
+
+@pytest.fixture
+def mlflow_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A throwaway SQLite tracking store with artifacts under tmp_path."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow.create_experiment("keras-tests", artifact_location=(tmp_path / "artifacts").as_uri())
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tests of keras_common itself
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_standardize_layer_computes_z_scores() -> None:
+    mean, std = [1.0, -2.0, 300.0], [0.5, 4.0, 100.0]
+    x = np.array([[1.0, -2.0, 300.0], [2.0, 2.0, 100.0]], dtype=np.float32)
+    out = keras.ops.convert_to_numpy(standardize(mean, std, "s")(x))
+    np.testing.assert_allclose(out, [[0.0, 0.0, 0.0], [2.0, 1.0, -2.0]], atol=1e-6)
+
+
+def test_standardize_rejects_zero_std() -> None:
+    with pytest.raises(WtagError, match="std > 0"):
+        standardize([0.0, 1.0], [1.0, 0.0], "s")
+
+
+def test_particle_mask_comes_from_raw_pt() -> None:
+    """A row with pt == 0 is padding even if other features are non-zero; padded rows come out as zeros."""
+    n_feat = len(schema.PARTICLE_FEATURES)
+    s = Standardization(particle_mean=tuple([5.0] * n_feat), particle_std=tuple([2.0] * n_feat))
+    raw = keras.Input((schema.MAX_PARTICLES, n_feat))
+    out, mask = standardized_particles(raw, s)
+    model = keras.Model(raw, [out, mask])
+    x = np.zeros((1, schema.MAX_PARTICLES, n_feat), dtype=np.float32)
+    x[0, 0] = 9.0
+    x[0, 1, 1:] = 3.0  # pt == 0: padding, whatever else is there
+    values, flags = model.predict(x, verbose=0)
+    assert flags[0, :3].tolist() == [True, False, False]
+    np.testing.assert_allclose(values[0, 0], 2.0)
+    assert not values[0, 1:].any()
+
+
+def test_history_and_epoch_callback_agree() -> None:
+    train, val = synthetic_split(128, seed=1), synthetic_split(64, seed=2)
+    tagger = build_tagger("dnn", tiny_config(epochs=3), Standardization.fit(train))
+    seen: list[tuple[int, dict[str, float]]] = []
+    history = tagger.fit(train, val, on_epoch_end=lambda epoch, logs: seen.append((epoch, dict(logs))))
+    check_history(history, 3)
+    assert [epoch for epoch, _ in seen] == [0, 1, 2]
+    for epoch, logs in seen:
+        assert set(logs) == {"loss", "val_loss", "val_auc"}
+        assert all(isinstance(v, float) for v in logs.values())
+        assert logs == {key: history[key][epoch] for key in logs}
+
+
+def test_val_auc_is_the_weighted_validation_auc() -> None:
+    """With one epoch nothing is restored, so the logged val_auc must match a recomputation."""
+    train, val = synthetic_split(128, seed=1), synthetic_split(64, seed=2)
+    tagger = build_tagger("dnn", tiny_config(epochs=1), Standardization.fit(train))
+    history = tagger.fit(train, val)
+    expected = roc_auc_score(val.label, tagger.predict(val.inputs()), sample_weight=val.weight)
+    assert history["val_auc"][0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch() -> None:
+    """Validation labels are the inverse of training labels, so every epoch of learning makes val_loss
+    worse: with patience 1 training must stop after the second epoch and keep the first epoch's weights."""
+    train = synthetic_split(256, seed=1, separation=3.0)
+    val = synthetic_split(128, seed=2, separation=3.0)
+    val.label = 1 - val.label
+    tagger = build_tagger("dnn", tiny_config(epochs=20, patience=1, learning_rate=1e-2),
+                          Standardization.fit(train))
+    history = tagger.fit(train, val)
+    assert len(history["loss"]) == 2
+    assert history["val_loss"][1] > history["val_loss"][0]
+    scores = tagger.predict(val.inputs()).astype(np.float64)
+    eps = 1e-7
+    bce = -(val.label * np.log(scores + eps) + (1 - val.label) * np.log(1 - scores + eps))
+    restored_loss = float(np.sum(val.weight * bce) / len(bce))
+    assert restored_loss == pytest.approx(history["val_loss"][0], rel=1e-3)
+
+
+def test_same_seed_same_history() -> None:
+    histories = [fitted("dnn", epochs=2)[2] for _ in range(2)]
+    assert histories[0] == histories[1]
+
+
+def test_fit_rejects_one_class_validation_and_bad_labels() -> None:
+    train, val = synthetic_split(64, seed=1), synthetic_split(32, seed=2)
+    tagger = build_tagger("dnn", tiny_config(), Standardization.fit(train))
+    one_class = val.subset(np.flatnonzero(val.label == 0))
+    with pytest.raises(WtagError, match="validation split.*both signal and background"):
+        tagger.fit(train, one_class)
+    train.label = train.label.copy()
+    train.label[0] = -1
+    with pytest.raises(WtagError, match="training split.*labels 0 or 1"):
+        tagger.fit(train, val)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"learning_rate": -1.0}, {"patience": -1}])
+def test_fit_rejects_bad_training_parameters(bad: dict) -> None:
+    train, val = synthetic_split(16, seed=1), synthetic_split(8, seed=2)
+    tagger = build_tagger("dnn", tiny_config(**bad), Standardization.fit(train))
+    (key,) = bad
+    with pytest.raises(WtagError, match=f"{key}="):
+        tagger.fit(train, val)
+
+
+def test_fit_needs_the_input_and_its_standardization() -> None:
+    train, val = synthetic_split(64, seed=1), synthetic_split(32, seed=2)
+    no_hl = Split(label=train.label, weight=train.weight, msd=train.msd, pt=train.pt, images=train.images)
+    with pytest.raises(WtagError, match="no 'hl' input"):
+        build_tagger("dnn", tiny_config(), Standardization.fit(train)).fit(no_hl, val)
+    with pytest.raises(WtagError, match="hl_mean"):
+        build_tagger("dnn", tiny_config(), Standardization(image_scale=1.0)).fit(train, val)
+
+
+def test_predict_and_export_need_a_model() -> None:
+    tagger = build_tagger("dnn", tiny_config(), Standardization.fit(synthetic_split(8, seed=1)))
+    with pytest.raises(WtagError, match="no model yet"):
+        tagger.predict({"hl": np.zeros((2, len(schema.HL_FEATURES)), np.float32)})
+    with pytest.raises(WtagError, match="no model yet"):
+        tagger.to_onnx()
+
+
+def test_predict_on_no_jets_is_empty() -> None:
+    tagger, _, _ = fitted("dnn", epochs=1)
+    scores = tagger.predict({"hl": np.zeros((0, len(schema.HL_FEATURES)), np.float32)})
+    assert scores.shape == (0,)
+
+
+def test_onnx_graph_contract() -> None:
+    """Raw input named as the tagger's input, batch axis 'N', one 1-D float32 output 'score'."""
+    import onnx
+
+    tagger, _, _ = fitted("dnn", epochs=1)
+    proto = tagger.to_onnx()
+    (graph_input,) = proto.graph.input
+    (graph_output,) = proto.graph.output
+    assert graph_input.name == "hl"
+    assert [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [ONNX_BATCH_DIM, 10]
+    assert graph_output.name == "score"
+    assert graph_output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [d.dim_param or d.dim_value for d in graph_output.type.tensor_type.shape.dim] == [ONNX_BATCH_DIM]
+    assert 13 <= max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) <= 17
+
+
+@MLFLOW_WARNINGS
+def test_load_logged_refuses_another_taggers_model(mlflow_experiment: str) -> None:
+    import mlflow
+
+    tagger, val, _ = fitted("dnn", epochs=1)
+    with mlflow.start_run(experiment_id=mlflow_experiment):
+        info = tagger.log_model("model", val.inputs(["hl"]))
+    with pytest.raises(WtagError, match="do not fit tagger 'pfn'"):
+        tagger_class("pfn").load_logged(info.model_uri, tiny_config(), tagger.standardization)
+
+
+def test_set_threads_reports_when_too_late() -> None:
+    keras.ops.convert_to_numpy(keras.ops.add(1.0, 1.0))
+    assert set_threads(2, 2) is False
+
+
+KERAS_TAGGERS = ("dnn", "cnn_tutorial", "cnn", "lstm", "bilstm", "pfn")
+
+
+def _modules(config: object) -> set[str]:
+    """Every 'module' named anywhere in a serialized Keras config."""
+    if isinstance(config, dict):
+        found = {config["module"]} if isinstance(config.get("module"), str) else set()
+        return found.union(*(_modules(v) for v in config.values()))
+    if isinstance(config, (list, tuple)):
+        return set().union(*(_modules(v) for v in config))
+    return set()
+
+
+@pytest.mark.parametrize("name", KERAS_TAGGERS)
+def test_graph_uses_only_builtin_keras_objects(name: str) -> None:
+    """No custom layers or Lambdas: the logged model loads wherever Keras is installed, without wtag."""
+    tagger = build_tagger(name, tiny_config(), Standardization.fit(synthetic_split(16, seed=1)))
+    modules = _modules(tagger._build()[1].get_config())
+    assert modules, "no modules found: the config format changed"
+    assert all(m == "keras" or m.startswith("keras.") for m in modules), modules
+
+
+@pytest.mark.parametrize("name", KERAS_TAGGERS)
+def test_hyperparameters_are_loggable(name: str) -> None:
+    params = build_tagger(name, tiny_config(), Standardization()).hyperparameters()
+    assert params["architecture"] in (name, "dense")
+    assert all(isinstance(v, (str, int, float)) for v in params.values()), params

@@ -1,0 +1,94 @@
+"""The Particle Flow Network: permutation invariance, masking from raw pT, the contract (training, scores,
+weights, MLflow round trip) and ONNX parity."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from test_keras_common import (  # noqa: F401 - mlflow_experiment is a fixture
+    MLFLOW_WARNINGS,
+    check_history,
+    check_mlflow_roundtrip,
+    check_onnx_parity,
+    check_rejects_misshaped,
+    check_scores,
+    check_weights_change_loss,
+    fitted,
+    mlflow_experiment,
+    synthetic_split,
+    tiny_config,
+)
+
+from wtag import schema
+from wtag.dataset import Standardization
+from wtag.taggers import build_tagger
+from wtag.taggers.particle import PFNTagger
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple:
+    return fitted("pfn", n_train=400, n_val=300, epochs=EPOCHS)
+
+
+def test_identity_and_architecture() -> None:
+    assert (PFNTagger.name, PFNTagger.family, PFNTagger.inputs, PFNTagger.flavor) == (
+        "pfn", "particle", ("particles",), "keras")
+    tagger = build_tagger("pfn", tiny_config(), Standardization.fit(synthetic_split(16, seed=1)))
+    dense = [layer for layer in tagger._build()[0].layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == [64, 64, 64, 64, 64, 1]
+
+
+@pytest.mark.slow
+def test_trains_and_scores(trained: tuple) -> None:
+    tagger, val, history = trained
+    check_history(history, EPOCHS)
+    check_scores(tagger, val)
+    assert history["val_auc"][-1] > 0.8
+
+
+@pytest.mark.slow
+def test_permutation_invariant(trained: tuple) -> None:
+    """Shuffling the real particles (and moving padding anywhere) leaves the score unchanged."""
+    tagger, val, _ = trained
+    particles = val.particles[:64]
+    rng = np.random.default_rng(0)
+    shuffled = particles[:, rng.permutation(schema.MAX_PARTICLES)]
+    np.testing.assert_allclose(tagger.predict({"particles": shuffled}), tagger.predict({"particles": particles}),
+                               atol=1e-5)
+
+
+@pytest.mark.slow
+def test_padded_rows_are_ignored(trained: tuple) -> None:
+    tagger, val, _ = trained
+    particles = val.particles[:64].copy()
+    real = particles[..., 0] > 0
+    junk = particles.copy()
+    junk[~real] = np.random.default_rng(1).normal(size=(int((~real).sum()), len(schema.PARTICLE_FEATURES)))
+    junk[~real, 0] = 0.0
+    np.testing.assert_allclose(tagger.predict({"particles": junk}), tagger.predict({"particles": particles}),
+                               atol=1e-6)
+
+
+@pytest.mark.slow
+def test_weights_change_the_loss() -> None:
+    check_weights_change_loss("pfn")
+
+
+@pytest.mark.slow
+def test_rejects_misshaped_input(trained: tuple) -> None:
+    check_rejects_misshaped(trained[0])
+
+
+@pytest.mark.slow
+@MLFLOW_WARNINGS
+def test_mlflow_log_pyfunc_and_load_logged(trained: tuple, mlflow_experiment: str) -> None:  # noqa: F811
+    tagger, val, _ = trained
+    check_mlflow_roundtrip(tagger, val, mlflow_experiment)
+
+
+@pytest.mark.slow
+def test_onnx_parity(trained: tuple) -> None:
+    tagger, val, _ = trained
+    assert check_onnx_parity(tagger, val) <= 1e-4

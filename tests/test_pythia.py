@@ -1,0 +1,167 @@
+"""The Pythia 8 + FastJet generator: parameters, chunking, reproducibility, resume, labels and physics sanity."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+
+from wtag import schema
+from wtag.errors import WtagError
+from wtag.jets import read_jets
+from wtag.sources import pythia as py
+
+
+def same_jets(a: ak.Array, b: ak.Array) -> bool:
+    return all(ak.all(ak.ravel(a[name]) == ak.ravel(b[name])) and len(a[name]) == len(b[name]) for name in a.fields)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"process": "zjets"}, "unknown process"),
+        ({"n_jets": 0}, "n_jets"),
+        ({"n_jets": -3}, "n_jets"),
+        ({"pileup": -1.0}, "pileup"),
+        ({"pileup": float("nan")}, "pileup"),
+        ({"seed": -1}, "seed"),
+        ({"workers": 0}, "workers"),
+        ({"chunk_jets": 0}, "chunk_jets"),
+        ({"alpha_s": 0.1}, "unknown generator setting"),
+        ({"fsr_alphas": 0.5}, "fsr_alphas"),
+        ({"qcd_fractions": (1.0, 2.0)}, "qcd_fractions"),
+    ],
+)
+def test_bad_parameters_raise_wtag_error(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"process": "ttbar", "n_jets": 5, "seed": 1, "output": tmp_path, "workers": 1,
+                               "progress": False}
+    args.update(kwargs)
+    with pytest.raises(WtagError, match=message):
+        py.generate(**args)
+    assert not list(tmp_path.glob("*.root"))
+
+
+def test_qcd_plan_splits_jets_over_slices_with_distinct_seeds(tmp_path: Path) -> None:
+    specs = py.plan_chunks("qcd", 2500, 7, tmp_path, 400, py.Tuning())
+    per_slice: dict[str, int] = {}
+    for spec in specs:
+        per_slice[spec.sample.name] = per_slice.get(spec.sample.name, 0) + spec.n_jets
+    assert sum(per_slice.values()) == 2500
+    assert per_slice == {"qcd_pt120to170": 38, "qcd_pt170to300": 621, "qcd_pt300to470": 1221, "qcd_pt470to600": 620}
+    assert all(spec.n_jets <= 400 for spec in specs)
+    assert [spec.index for spec in specs] == list(range(len(specs)))
+    assert len({spec.pythia_seed for spec in specs}) == len(specs)
+    assert all(1 <= spec.pythia_seed <= 900_000_000 for spec in specs)
+    assert specs[3].path == tmp_path / "qcd_seed7_chunk3.root"
+    assert py.plan_chunks("qcd", 2500, 7, tmp_path, 400, py.Tuning()) == specs
+    assert py.plan_chunks("qcd", 2500, 8, tmp_path, 400, py.Tuning())[0].pythia_seed != specs[0].pythia_seed
+
+
+def test_merged_w_label_needs_the_w_and_both_quarks_in_the_cone() -> None:
+    w = {
+        "event": np.array([0, 1, 1]),
+        "w_eta": np.array([0.0, 1.0, -1.0]), "w_phi": np.array([3.1, 0.0, 2.0]),
+        "q1_eta": np.array([0.2, 1.2, -1.0]), "q1_phi": np.array([-3.1, 0.1, 2.0]),
+        "q2_eta": np.array([-0.2, 1.0, -1.0]), "q2_phi": np.array([3.0, -0.75, 2.0]),
+    }
+    jet_event = np.array([0, 0, 1, 1, 2])
+    jet_eta = np.array([0.0, 0.0, 1.0, -1.1, 0.0])
+    jet_phi = np.array([-3.13, 0.0, 0.0, 2.1, 3.1])
+    label = py.merged_w_label(jet_event, jet_eta, jet_phi, w)
+    # jet 0: W across the phi seam, both quarks inside; jet 1: far away; jet 2: second quark at dR 0.75;
+    # jet 3: the event's second W; jet 4: no W in its event.
+    assert label.tolist() == [1, 0, 0, 1, 0]
+
+
+def test_overlay_draws_poisson_events_rotated_and_reflected() -> None:
+    n_pool = 50
+    counts = np.full(n_pool, 4)
+    rng = np.random.default_rng(0)
+    pt = rng.uniform(0.5, 2.0, 4 * n_pool)
+    phi = rng.uniform(-np.pi, np.pi, 4 * n_pool)
+    pool = py.MinBiasPool(np.concatenate([[0], np.cumsum(counts)]), pt * np.cos(phi), pt * np.sin(phi),
+                          np.full(4 * n_pool, 3.0), np.full(4 * n_pool, 5.0), np.full(4 * n_pool, 211),
+                          np.ones(4 * n_pool))
+    event, px, py_, pz, e, pid, charge = py.overlay(pool, 2_000, 3.0, np.random.default_rng(1))
+    per_event = np.bincount(event, minlength=2_000) / 4
+    assert per_event.mean() == pytest.approx(3.0, abs=0.15)
+    assert per_event.var() == pytest.approx(3.0, rel=0.15)
+    assert np.all(np.diff(event) >= 0)
+    assert np.all(np.isin(np.round(np.hypot(px, py_), 12), np.round(pt, 12)))
+    assert set(np.unique(pz).tolist()) == {-3.0, 3.0}
+    assert np.all(e == 5.0) and np.all(pid == 211) and np.all(charge == 1)
+
+
+def test_tiny_run_writes_readable_chunks_reproducibly_and_resumes(tmp_path: Path) -> None:
+    first = py.generate("ttbar", 6, seed=11, output=tmp_path / "a", workers=1, pileup=0.0, chunk_jets=3,
+                        progress=False)
+    assert [p.name for p in first] == ["ttbar_seed11_chunk0.root", "ttbar_seed11_chunk1.root"]
+    jets = read_jets(first)
+    assert len(jets) == 6
+    assert set(jets.fields) == set(schema.JET_BRANCHES + schema.EVENT_BRANCHES + schema.CAND_BRANCHES)
+    assert np.all(jets["jet_isW_ak7"] == 1)
+    assert np.all((jets["jet_pt_ak7"] > 200) & (jets["jet_pt_ak7"] < 500) & (np.abs(jets["jet_eta_ak7"]) < 2))
+    assert np.all(jets["sample_id"] == 1) and np.all(jets["run"] == 11)
+    assert jets["lumi"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert np.all(jets["weight"] > 0)
+    assert np.all(jets["jet_ncand_ak7"] == ak.num(jets["ak7pfcand_pt"]))
+    # Constituents are massless and hardest first; the jet is their four-vector sum.
+    pt = jets["ak7pfcand_pt"]
+    assert ak.all(pt[:, :-1] >= pt[:, 1:])
+    px = ak.sum(pt * np.cos(jets["ak7pfcand_phi"]), axis=1)
+    py_ = ak.sum(pt * np.sin(jets["ak7pfcand_phi"]), axis=1)
+    np.testing.assert_allclose(np.hypot(px, py_), jets["jet_pt_ak7"], rtol=1e-9)
+    assert set(np.unique(np.abs(ak.flatten(jets["ak7pfcand_id"])))) <= {11, 13, 22, 130, 211}
+
+    again = py.generate("ttbar", 6, seed=11, output=tmp_path / "b", workers=1, pileup=0.0, chunk_jets=3,
+                        progress=False)
+    assert same_jets(read_jets(again), jets)
+
+    before = {p: p.stat().st_mtime_ns for p in first}
+    first[1].unlink()
+    resumed = py.generate("ttbar", 6, seed=11, output=tmp_path / "a", workers=1, pileup=0.0, chunk_jets=3,
+                          progress=False)
+    assert resumed == first
+    assert first[0].stat().st_mtime_ns == before[first[0]]
+    assert same_jets(read_jets(first[1]), jets[3:])
+
+    other = py.generate("ttbar", 3, seed=12, output=tmp_path / "c", workers=1, pileup=0.0, chunk_jets=3,
+                        progress=False)
+    assert not same_jets(read_jets(other), jets[:3])
+
+
+def test_chunk_with_the_wrong_content_is_redone(tmp_path: Path) -> None:
+    paths = py.generate("qcd", 2, seed=5, output=tmp_path, workers=1, pileup=0.0, chunk_jets=5, progress=False,
+                        qcd_fractions=(0.0, 0.0, 0.0, 1.0))
+    assert len(read_jets(paths)) == 2
+    assert np.all(read_jets(paths)["jet_isW_ak7"] == 0) and np.all(read_jets(paths)["sample_id"] == 14)
+    paths[0].write_bytes(b"truncated")
+    redone = py.generate("qcd", 2, seed=5, output=tmp_path, workers=1, pileup=0.0, chunk_jets=5, progress=False,
+                         qcd_fractions=(0.0, 0.0, 0.0, 1.0))
+    assert len(read_jets(redone)) == 2
+
+
+@pytest.mark.slow
+def test_worker_count_does_not_change_the_output(tmp_path: Path) -> None:
+    kwargs = {"n_jets": 4, "seed": 3, "pileup": 1.0, "chunk_jets": 2, "progress": False, "pileup_pool": 30}
+    one = py.generate("wjets", output=tmp_path / "one", workers=1, **kwargs)
+    two = py.generate("wjets", output=tmp_path / "two", workers=2, **kwargs)
+    assert same_jets(read_jets(one), read_jets(two))
+    assert len(read_jets(two)) == 4
+
+
+@pytest.mark.slow
+def test_physics_sanity_merged_w_versus_qcd(tmp_path: Path) -> None:
+    common = {"seed": 2024, "output": tmp_path, "workers": 1, "progress": False, "pileup_pool": 200}
+    signal = read_jets(py.generate("ttbar", 250, **common))
+    qcd = read_jets(py.generate("qcd", 250, **common))
+    msd_signal = float(np.median(signal["jet_msd_ak7"]))
+    msd_qcd = float(np.median(qcd["jet_msd_ak7"]))
+    tau21_gap = float(np.mean(qcd["jet_tau21_ak7"]) - np.mean(signal["jet_tau21_ak7"]))
+    assert 65.0 < msd_signal < 95.0
+    assert msd_qcd < 40.0
+    assert tau21_gap > 0.15
+    assert np.all(signal["jet_isW_ak7"] == 1) and np.all(qcd["jet_isW_ak7"] == 0)
+    # Pileup (MU = 9) adds soft constituents: real 2011 AK7 jets at these pT carry 40-80 PF candidates.
+    assert 35 < float(np.mean(qcd["jet_ncand_ak7"])) < 120
