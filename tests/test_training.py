@@ -71,10 +71,10 @@ def test_logged_model_loads_and_scores(trained_all, tagger):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     run = client.search_runs([exp.experiment_id], f"tags.`wtag.tagger` = '{tagger}'")[0]
+    mlflow.set_tracking_uri(uri)
     models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id],
                                          filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
     assert len(models) == 1
-    mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(models[0].model_uri)
     from wtag.dataset import load_prepared
 

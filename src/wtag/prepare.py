@@ -124,11 +124,12 @@ def _splits_from_jets(jets: ak.Array, config: PrepareConfig, progress: bool) -> 
     jets, label = _cap_per_class(jets, label, config)
     _require_both_classes(label)
     inputs = features.model_inputs(jets, (schema.INPUT_HL, schema.INPUT_IMAGES, schema.INPUT_PARTICLES))
-    base_weight = ak.to_numpy(jets["weight"]).astype(np.float64)
-    base_weight = np.where(np.isfinite(base_weight) & (base_weight > 0), base_weight, 1.0)
+    # Jets train unweighted within a class (apart from the pT flattening): the simulated QCD mixes pT-hat
+    # slices in the tutorial's proportions, the mixture the real 2011 images were made from. The per-sample
+    # cross-section ``weight`` stays in the jets tree for physical reweighting.
     pt = ak.to_numpy(jets["jet_pt_ak7"]).astype(np.float32)
     msd = ak.to_numpy(jets["jet_msd_ak7"]).astype(np.float32)
-    return _split_arrays(label, pt, msd, base_weight, inputs, config)
+    return _split_arrays(label, pt, msd, inputs, config)
 
 
 def _splits_from_images(config: PrepareConfig, data_dir: Path) -> dict[str, Split]:
@@ -148,7 +149,7 @@ def _splits_from_images(config: PrepareConfig, data_dir: Path) -> dict[str, Spli
     pt = stats["total_pt"].astype(np.float32)
     msd = stats["image_mass"].astype(np.float32)
     inputs = {schema.INPUT_IMAGES: images.astype(np.float32)}
-    return _split_arrays(label, pt, msd, np.ones(len(label)), inputs, config)
+    return _split_arrays(label, pt, msd, inputs, config)
 
 
 def _require_both_classes(label: np.ndarray) -> None:
@@ -172,13 +173,13 @@ def _cap_per_class(jets: ak.Array, label: np.ndarray, config: PrepareConfig) -> 
     return jets[keep], label[keep]
 
 
-def _split_arrays(label: np.ndarray, pt: np.ndarray, msd: np.ndarray, base_weight: np.ndarray,
-                  inputs: dict[str, np.ndarray], config: PrepareConfig) -> dict[str, Split]:
+def _split_arrays(label: np.ndarray, pt: np.ndarray, msd: np.ndarray, inputs: dict[str, np.ndarray],
+                  config: PrepareConfig) -> dict[str, Split]:
     index = stratified_split(label, config.seed, config.val_fraction, config.test_fraction)
     splits = {}
     for name in SPLITS:
         i = index[name]
-        weight = flat_pt_weights(pt[i].astype(np.float64), label[i], base_weight[i])
+        weight = flat_pt_weights(pt[i].astype(np.float64), label[i])
         splits[name] = Split(label=label[i], weight=weight, msd=msd[i], pt=pt[i],
                              **{k: v[i] for k, v in inputs.items()})
     return splits
