@@ -28,12 +28,16 @@ class LSTMTagger(KerasTagger):
 
     def architecture(self) -> dict[str, Any]:
         return {"architecture": "bilstm" if self.bidirectional else "lstm", "lstm_units": self.lstm_units,
+                "reading_order": "both" if self.bidirectional else "softest first",
                 "dense_units": ",".join(map(str, self.dense_units)), "dropout": self.dropout,
                 "max_particles": schema.MAX_PARTICLES, "particle_features": ",".join(schema.PARTICLE_FEATURES)}
 
     def build_network(self, raw: keras.KerasTensor) -> keras.KerasTensor:
         x, mask = standardized_particles(raw, self.standardization)
-        recurrent: keras.layers.Layer = keras.layers.LSTM(self.lstm_units, name="lstm")
+        # Read softest-first, so the state the classifier sees was last updated by the hardest particles
+        # (the list ends in soft pileup; forward reading let it wash the prongs out: val AUC 0.90 vs cut 0.93).
+        recurrent: keras.layers.Layer = keras.layers.LSTM(self.lstm_units, name="lstm",
+                                                          go_backwards=not self.bidirectional)
         if self.bidirectional:
             recurrent = keras.layers.Bidirectional(recurrent, name="bilstm")
         h = recurrent(x, mask=mask)
