@@ -36,20 +36,8 @@ RECLUSTER_R = 1000.0
 # fjcontrib's KT_Axes: exclusive kT jets with R = JetDefinition::max_allowable_R, E-scheme recombination.
 KT_AXES_R = 1000.0
 
-SUBSTRUCTURE_FIELDS = (
-    "jet_pt_ak7",
-    "jet_eta_ak7",
-    "jet_phi_ak7",
-    "jet_E_ak7",
-    "jet_mass_ak7",
-    "jet_msd_ak7",
-    "jet_tau1_ak7",
-    "jet_tau2_ak7",
-    "jet_tau3_ak7",
-    "jet_tau21_ak7",
-    "jet_tau32_ak7",
-    "jet_ncand_ak7",
-)
+# Every per-jet branch computable from the constituents: all of schema.JET_BRANCHES but the label and weight.
+SUBSTRUCTURE_FIELDS = tuple(b for b in schema.JET_BRANCHES if b not in ("jet_isW_ak7", "weight"))
 
 
 def delta_phi(phi: np.ndarray) -> np.ndarray:
