@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from serving import protocols
 from serving.protocols import RequestError
 from serving.settings import TOKEN_ENV, ServerSettings
+from test_inference import _metadata, _model, hl_particles_model
 from wtag import schema
 from wtag.errors import WtagError
 from wtag.features import complete_jets, model_inputs
@@ -44,18 +45,6 @@ MLFLOW_IMPORT_WARNING = pytest.mark.filterwarnings("ignore:.*Any type hint is in
 
 # ------------------------------------------------------------------------------------------------ models
 
-def _with_metadata(graph: onnx.GraphProto, inputs: list[str], tagger: str) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    for key, value in {"wtag.tagger": tagger, "wtag.inputs": json.dumps(inputs),
-                       "wtag.hl_features": json.dumps(list(schema.HL_FEATURES)),
-                       "wtag.particle_features": json.dumps(list(schema.PARTICLE_FEATURES)),
-                       "wtag.max_particles": str(schema.MAX_PARTICLES), "wtag.preprocessing": "baked"}.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.checker.check_model(model)
-    return model
-
-
 def hl_model() -> onnx.ModelProto:
     """Logistic regression on raw hl features (scaled so real jets give scores spread over (0, 1))."""
     weights = (np.array([0.03, 0.01, -2.0, 1.0, 0.5, -3.0, 1.0, 0.02, -0.004, 0.3], np.float32)
@@ -67,27 +56,7 @@ def hl_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
         [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array([-0.5], np.float32), "b"),
          numpy_helper.from_array(np.array([-1], np.int64), "flat")])
-    return _with_metadata(graph, ["hl"], "dnn")
-
-
-def hl_particles_model() -> onnx.ModelProto:
-    """hl logistic term plus a per-particle linear term summed over the (zero-padded) constituent list."""
-    rng = np.random.default_rng(11)
-    w = rng.normal(0, 0.02, (N_HL, 1)).astype(np.float32)
-    v = rng.normal(0, 0.05, (N_PART, 1)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["hl", "w"], ["zh"]), helper.make_node("Reshape", ["zh", "flat"], ["h"]),
-             helper.make_node("MatMul", ["particles", "v"], ["zp"]),
-             helper.make_node("ReduceSum", ["zp", "axes"], ["p"], keepdims=0),
-             helper.make_node("Add", ["h", "p"], ["z"]), helper.make_node("Sigmoid", ["z"], ["score"])]
-    graph = helper.make_graph(
-        nodes, "hl_particles",
-        [helper.make_tensor_value_info("hl", TensorProto.FLOAT, ["N", N_HL]),
-         helper.make_tensor_value_info("particles", TensorProto.FLOAT, ["N", schema.MAX_PARTICLES, N_PART])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(v, "v"),
-         numpy_helper.from_array(np.array([-1], np.int64), "flat"),
-         numpy_helper.from_array(np.array([1, 2], np.int64), "axes")])
-    return _with_metadata(graph, ["hl", "particles"], "pfn")
+    return _metadata(_model(graph), ["hl"], "dnn")
 
 
 def random_jet_dicts(n: int, seed: int = 3) -> list[dict[str, list[float]]]:
@@ -177,7 +146,7 @@ def hl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Two-input model behind a bearer token, with a 200 kB body limit and a 2 s request timeout."""
     root = tmp_path_factory.mktemp("guarded-server")
-    onnx.save(hl_particles_model(), str(root / "pfn.onnx"))
+    onnx.save(hl_particles_model(seed=11), str(root / "pfn.onnx"))
     with serve(root / "pfn.onnx", root / "server.log", "--max-body-bytes", "200000", "--request-timeout-s", "2",
                env={TOKEN_ENV: TOKEN}) as server:
         yield server
