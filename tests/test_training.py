@@ -70,7 +70,9 @@ def test_logged_model_loads_and_scores(trained_all, tagger):
     uri, experiment, _, _, _ = trained_all
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    run = client.search_runs([exp.experiment_id], f"tags.`wtag.tagger` = '{tagger}'")[0]
+    # Other tests export and evaluate in this experiment too; their runs carry the tagger tag as well.
+    (run,) = client.search_runs([exp.experiment_id],
+                                f"tags.`wtag.entry_point` = 'train_tagger' and tags.`wtag.tagger` = '{tagger}'")
     mlflow.set_tracking_uri(uri)
     models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id],
                                          filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
