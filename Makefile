@@ -12,7 +12,7 @@ export MLFLOW_EXPERIMENT_NAME ?= wtag
 # Quiet TensorFlow's start-up chatter; use every core for Keras/XGBoost.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test tracking tracking-stop serve bench clean
+.PHONY: setup setup-gpu demo test tracking tracking-stop serve bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# GPU machines: onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9; its extras bring them as pip packages, which
+# wtag.inference preloads before it asks for the CUDA execution provider.
+setup-gpu: setup
+	$(BIN)/python -m pip install --quiet "onnxruntime-gpu[cuda,cudnn]==$$($(BIN)/python -c 'import onnxruntime as o; print(o.__version__)')"
 
 tracking: setup
 	$(BIN)/wtag tracking-server start --port $(PORT) --dir $(TRACKING_DIR)

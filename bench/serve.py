@@ -36,6 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from serving.settings import ServerSettings
 from wtag import schema
+from wtag.errors import WtagError
+from wtag.inference import DEVICES, create_session
 
 SIZES = (1, 100, 1_000, 10_000, 100_000)
 CONCURRENCY = (1, 4, 16)
@@ -339,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer sizes and concurrencies, shorter cells")
     parser.add_argument("--duration", type=float, help="seconds per cell (default 2, quick 0.7)")
     parser.add_argument("--skip-mlflow", action="store_true", help="do not start mlflow models serve")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="execution provider for the server and the bare runs (default cpu)")
     parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads for the server and bare runs")
     parser.add_argument("--sizes", type=int, nargs="+", help="jets per request (overrides the defaults)")
     parser.add_argument("--concurrency", type=int, nargs="+", help="client threads (overrides the defaults)")
@@ -356,11 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tmp)
         model_path = resolve_model(args.model, root)
         server_threads = ServerSettings(intra_op_threads=args.intra_op_threads).ort_threads()
-        sessions = {"ORT default threads": ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = server_threads
+        sessions = {"ORT default threads": create_session(model_path, args.device)}
         sessions[f"{server_threads} thread{'s' if server_threads > 1 else ''}, as the server"] = \
-            ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+            create_session(model_path, args.device, server_threads)
+        provider = sessions["ORT default threads"].get_providers()[0]
         batches = {n: model_batch(sessions["ORT default threads"], n, rng) for n in sizes}
         print(f"model {args.model or 'tutorial DNN (random weights)'}; {os.cpu_count()} CPUs", file=sys.stderr)
 
@@ -371,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               lambda: bare_cell(session, label, batches[n], n, c, duration))
 
         port = free_port()
-        cmd = [sys.executable, "-m", "serving", "--model", str(model_path), "--port", str(port)]
+        cmd = [sys.executable, "-m", "serving", "--model", str(model_path), "--port", str(port),
+               "--device", args.device]
         if args.intra_op_threads:
             cmd += ["--intra-op-threads", str(args.intra_op_threads)]
         with process(cmd, f"http://127.0.0.1:{port}/v2/health/ready", root / "wtag-serve.log"):
@@ -403,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_end = os.getloadavg()[0]
     lines = [f"Model: {args.model or 'tutorial-shaped DNN (hl, 3 x 64 ReLU, random weights)'}; "
-             f"{os.cpu_count()} CPUs; ONNX Runtime {ort.__version__} on the CPU; 1-minute load average "
+             f"{os.cpu_count()} CPUs; ONNX Runtime {ort.__version__}, {provider}; 1-minute load average "
              f"{load_start:.1f} at the start, {load_end:.1f} at the end; {duration:g} s per cell.", "",
              "| server | protocol | jets/request | concurrency | requests | jets/s | p50 ms | p99 ms |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -417,4 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except WtagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

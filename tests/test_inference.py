@@ -20,6 +20,7 @@ from wtag.inference import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     OnnxTagger,
+    bucket_rows,
     create_session,
     cuda_device_count,
     load_model_bytes,
@@ -168,6 +169,30 @@ def test_chunks_never_exceed_max_batch(hl_path: Path) -> None:
     np.testing.assert_array_equal(chunked, direct_scores(hl_path, {"hl": x}))
     with pytest.raises(WtagError, match="max_batch must be >= 1"):
         OnnxTagger(hl_path, max_batch=0)
+
+
+def test_bucket_rows_bounds_the_shapes_a_session_sees() -> None:
+    assert [bucket_rows(n, 16384) for n in (1, 63, 64, 65, 1000, 4096, 4097, 10_000, 16_000)] == \
+        [64, 64, 64, 128, 1024, 4096, 8192, 12288, 16384]
+    assert bucket_rows(5, 7) == 7 and bucket_rows(7, 7) == 7 and bucket_rows(50, 7) == 50
+    assert len({bucket_rows(n, 16384) for n in range(1, 16385)}) == 10
+
+
+def test_padded_batches_score_like_unpadded(hl_path: Path) -> None:
+    runs: list[int] = []
+
+    class Recording(OnnxTagger):
+        def _run_once(self, inputs):  # type: ignore[no-untyped-def]
+            result = super()._run_once(inputs)
+            runs.append(len(result))
+            return result
+
+    x = np.random.default_rng(11).normal(size=(300, N_HL)).astype(np.float32)
+    tagger = Recording(hl_path, device="cpu", max_batch=200, pad_batches=True)
+    assert tagger.pad_batches and not OnnxTagger(hl_path, device="cpu").pad_batches
+    np.testing.assert_allclose(tagger.score({"hl": x}), direct_scores(hl_path, {"hl": x}), atol=1e-7)
+    np.testing.assert_allclose(tagger.score({"hl": x[:3]}), direct_scores(hl_path, {"hl": x[:3]}), atol=1e-7)
+    assert runs == [200, 100, 3]  # scores of the zero rows added up to 200, 128 and 64 rows are dropped
 
 
 @pytest.mark.slow
@@ -327,6 +352,8 @@ def test_cuda_session_matches_cpu(hl_path: Path) -> None:
     if CUDA_PROVIDER not in session.get_providers():
         pytest.skip("CUDA execution provider did not start on this machine")
     gpu = OnnxTagger(hl_path, device="cuda")
-    assert gpu.provider == CUDA_PROVIDER
+    assert gpu.provider == CUDA_PROVIDER and gpu.pad_batches
     x = np.random.default_rng(10).normal(size=(1000, N_HL))
-    np.testing.assert_allclose(gpu.score({"hl": x}), OnnxTagger(hl_path, device="cpu").score({"hl": x}), atol=1e-6)
+    cpu = OnnxTagger(hl_path, device="cpu")
+    np.testing.assert_allclose(gpu.score({"hl": x}), cpu.score({"hl": x}), atol=1e-6)
+    np.testing.assert_allclose(gpu.score({"hl": x[:5]}), cpu.score({"hl": x[:5]}), atol=1e-6)
