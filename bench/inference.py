@@ -34,8 +34,8 @@ def load_inputs(dataset: Path | None, arrays: Path | None) -> dict[str, np.ndarr
     if dataset is not None:
         from wtag.dataset import load_prepared
 
-        ds = load_prepared(dataset)
-        return {k: np.asarray(v, np.float32) for k, v in ds.test.inputs([schema.INPUT_HL, schema.INPUT_IMAGES, schema.INPUT_PARTICLES]).items()}
+        test = load_prepared(dataset).test.inputs([schema.INPUT_HL, schema.INPUT_IMAGES, schema.INPUT_PARTICLES])
+        return {k: np.asarray(v, np.float32) for k, v in test.items()}
     assert arrays is not None
     with np.load(arrays) as z:
         return {k: z[k] for k in z.files}

@@ -10,8 +10,8 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
-import io
 import hashlib
+import io
 import json
 import logging
 import os
