@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from wtag import schema
-from wtag.errors import WtagError
+from wtag.errors import exit_status
 from wtag.inference import DEVICES, create_session
 
 SIZES = (1, 100, 1_000, 10_000, 100_000)
@@ -115,8 +115,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except WtagError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status(main, "bench/inference.py"))

@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from serving.settings import ServerSettings
 from wtag import schema
-from wtag.errors import WtagError
+from wtag.errors import exit_status
 from wtag.inference import DEVICES, create_session
 
 SIZES = (1, 100, 1_000, 10_000, 100_000)
@@ -421,8 +421,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except WtagError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status(main, "bench/serve.py"))

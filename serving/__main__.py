@@ -6,7 +6,7 @@ import sys
 
 from serving.app import run
 from serving.settings import ServerSettings
-from wtag.errors import WtagError
+from wtag.errors import exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,16 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--intra-op-threads", type=int)
     args = parser.parse_args(argv)
-    try:
+
+    def serve() -> int:
         settings = ServerSettings.from_env(
             max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
             max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout_s, device=args.device,
             intra_op_threads=args.intra_op_threads)
         run(args.model, host=args.host, port=args.port, settings=settings)
-    except WtagError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return exit_status(serve, parser.prog)
 
 
 if __name__ == "__main__":

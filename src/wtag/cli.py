@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wtag.errors import WtagError
+from wtag.errors import exit_status
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 DEFAULT_DATA_DIR = Path("data")
@@ -293,14 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except WtagError as exc:
-        print(f"wtag {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"wtag {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return exit_status(lambda: args.func(args), f"wtag {args.command}")
 
 
 if __name__ == "__main__":
