@@ -83,3 +83,106 @@ INPUT_HL = "hl"
 INPUT_IMAGES = "images"
 INPUT_PARTICLES = "particles"
 OUTPUT_SCORE = "score"
+
+# The per-jet shape of each model input (the ONNX graph input is [N, *shape], float32, N dynamic).
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {
+    INPUT_HL: (len(HL_FEATURES),),
+    INPUT_IMAGES: (IMAGE_PIXELS, IMAGE_PIXELS, 1),
+    INPUT_PARTICLES: (MAX_PARTICLES, len(PARTICLE_FEATURES)),
+}
+# Column of the particle pT in the ``particles`` input: ``pt > 0`` marks real (unpadded) particles.
+PARTICLE_PT = PARTICLE_FEATURES.index("pt")
+
+
+def expected_shape(input_name: str) -> tuple[int, ...]:
+    """Per-jet shape of a model input; WtagError naming the known inputs for anything else."""
+    from wtag.errors import WtagError
+
+    if input_name not in INPUT_SHAPES:
+        raise WtagError(f"unknown model input '{input_name}' (known: {', '.join(INPUT_SHAPES)})")
+    return INPUT_SHAPES[input_name]
+
+
+class Meta:
+    """Keys of the ``metadata_props`` every exported ONNX graph carries (docs/contracts.md)."""
+
+    TAGGER = "wtag.tagger"
+    FAMILY = "wtag.family"
+    INPUTS = "wtag.inputs"  # JSON list of input names
+    HL_FEATURES = "wtag.hl_features"  # JSON list, the column order of ``hl``
+    PARTICLE_FEATURES = "wtag.particle_features"  # JSON list, the column order of ``particles``
+    MAX_PARTICLES = "wtag.max_particles"
+    PREPROCESSING = "wtag.preprocessing"  # "baked": the graph standardizes raw inputs itself
+    DATASET_DIGEST = "wtag.dataset_digest"
+    RUN_ID = "wtag.run_id"
+
+
+class Tag:
+    """MLflow tag keys on runs and model versions: what the steps write and search for."""
+
+    ENTRY_POINT = "wtag.entry_point"
+    TAGGER = "wtag.tagger"
+    FAMILY = "wtag.family"
+    SOURCE = "wtag.source"
+    DATASET_DIGEST = "wtag.dataset_digest"
+    PREPARE_RUN_ID = "wtag.prepare_run_id"
+    GIT_COMMIT = "wtag.git_commit"
+    PYTHON = "wtag.python"
+    PLATFORM = "wtag.platform"
+    VERSION_PREFIX = "wtag.version."  # + package name
+    CHAMPION_RUN_ID = "wtag.champion_run_id"
+    CHAMPION_TAGGER = "wtag.champion_tagger"
+    CHAMPION_METRIC = "wtag.champion_metric"
+    CHAMPION_VALUE = "wtag.champion_value"
+    SOURCE_RUN_ID = "wtag.source_run_id"
+    EXPORT_RUN_ID = "wtag.export_run_id"
+    MODEL_URI = "wtag.model_uri"
+    REGISTERED_VERSION = "wtag.registered_version"
+    REUSED_RUN = "wtag.reused_run"
+    ONNX_MAX_ABS_DIFF = "wtag.onnx_max_abs_diff"
+    ONNX_FRAC_DIFF = "wtag.onnx_frac_diff"
+    STEP_PREFIX = "wtag.step."  # + step name, on the ``main`` run
+
+    @staticmethod
+    def alias_since(alias: str) -> str:
+        return f"wtag.alias.{alias}.since"
+
+    @staticmethod
+    def alias_until(alias: str) -> str:
+        return f"wtag.alias.{alias}.until"
+
+    @staticmethod
+    def alias_replaced_by(alias: str) -> str:
+        return f"wtag.alias.{alias}.replaced_by"
+
+    @staticmethod
+    def alias_history(alias: str) -> str:
+        return f"wtag.alias_history.{alias}"
+
+
+class EntryPoint:
+    """Values of ``Tag.ENTRY_POINT``: one per MLproject step, plus the per-tagger child run of ``train``."""
+
+    PREPARE = "prepare"
+    TRAIN = "train"
+    TRAIN_TAGGER = "train_tagger"
+    EVALUATE = "evaluate"
+    EXPORT = "export"
+    MAIN = "main"
+
+
+class Artifact:
+    """Artifact names inside runs and logged models."""
+
+    MODEL = "model"  # the logged model of a tagger run (native flavor) and of an export run (ONNX)
+    TEST_SCORES = "test_scores.npz"  # arrays score, label, msd over the held-out test split
+    PREPROCESS = "preprocess.json"  # beside model.onnx: the baked standardization, for humans
+    MANIFEST = "manifest.json"
+    STANDARDIZATION = "standardization.json"
+    COMPARISON_CSV = "comparison.csv"
+    COMPARISON_MD = "comparison.md"
+    CHAMPION_TXT = "champion.txt"
+
+
+REGISTERED_MODEL = "wtag"
+CHAMPION_ALIAS = "champion"
