@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wtag.tracking import ServerPaths, free_port, start_server, stop_server
+from wtag.tracking_server import ServerPaths, free_port, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

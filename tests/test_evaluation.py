@@ -20,7 +20,8 @@ from test_onnx_export import LinearTagger, log_prepare_run, new_experiment, synt
 
 from wtag.dataset import PreparedDataset
 from wtag.errors import WtagError
-from wtag.evaluation import Candidate, pick_champion, table_csv, table_markdown, train_config
+from wtag.evaluation import Candidate, pick_champion, table_csv, table_markdown
+from wtag.runs import train_config
 from wtag.taggers import REGISTRY, TrainConfig
 
 pytestmark = pytest.mark.filterwarnings(
@@ -150,7 +151,7 @@ def test_champion_follows_the_metric(known_runs: dict[str, Any], metric: str, wi
 
 
 def test_default_digest_is_the_newest_tagger_runs(known_runs: dict[str, Any]) -> None:
-    from wtag.evaluation import tagger_runs
+    from wtag.runs import tagger_runs
 
     runs = tagger_runs(known_runs["experiment_id"])
     assert {r.info.run_id for r in runs} == set(known_runs["runs"].values())
@@ -200,7 +201,8 @@ def test_evaluate_nests_under_an_active_run_or_fills_a_given_one(known_runs: dic
 
 
 def test_evaluate_errors_name_the_problem(known_runs: dict[str, Any], tracking_server: str) -> None:
-    from wtag.evaluation import evaluate_step, find_dataset
+    from wtag.evaluation import evaluate_step
+    from wtag.runs import find_dataset
 
     with pytest.raises(WtagError, match="metric 'test_accuracy' cannot choose a champion"):
         evaluate_step(known_runs["experiment_id"], None, "test_accuracy")

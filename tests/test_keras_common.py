@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 from wtag import schema
 from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
-from wtag.taggers import build_tagger, expected_shape, tagger_class
+from wtag.schema import expected_shape
+from wtag.taggers import build_tagger, tagger_class
 from wtag.taggers.base import TrainConfig
 from wtag.taggers.keras_common import (
     ONNX_BATCH_DIM,

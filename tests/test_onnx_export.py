@@ -232,7 +232,7 @@ def load_onnx_model(run_id: str) -> tuple[Any, Path]:
     import mlflow
     import onnx
 
-    from wtag.evaluation import model_uri
+    from wtag.runs import model_uri
 
     directory = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri(run_id)))
     return onnx.load(str(directory / "model.onnx")), directory
@@ -248,7 +248,7 @@ def test_every_tagger_exports_with_parity(trained: dict[str, Any], name: str) ->
     import mlflow
     import onnxruntime as ort
 
-    from wtag.evaluation import find_dataset, load_tagger
+    from wtag.runs import find_dataset, load_tagger
     from wtag.onnx_export import export_step
 
     source_run = trained["runs"][name]
@@ -307,7 +307,8 @@ def test_evaluate_then_export_champion_loads_through_pyfunc(trained: dict[str, A
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from wtag.evaluation import evaluate_step, find_dataset, load_tagger
+    from wtag.evaluation import evaluate_step
+    from wtag.runs import find_dataset, load_tagger
     from wtag.onnx_export import export_step
 
     experiment_id = trained["experiment_id"]

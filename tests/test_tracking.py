@@ -7,45 +7,17 @@ import time
 
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
 from wtag.errors import WtagError
 from wtag.tracking import (
-    ServerPaths,
     configure,
     environment_tags,
     find_finished_run,
-    free_port,
     git_commit,
-    is_healthy,
     require_server,
-    start_server,
-    stop_server,
     tracked_run,
 )
-
-
-def test_session_server_is_a_real_mlflow_server(tracking_server):
-    assert is_healthy(tracking_server)
-    client = MlflowClient(tracking_server)
-    assert client.search_experiments()  # the SQL store answers
-
-
-@pytest.mark.slow
-def test_start_and_stop_kill_the_whole_process_group(tmp_path):
-    paths = ServerPaths(tmp_path / "srv")
-    uri = start_server(paths, port=free_port())
-    pid = int(paths.pidfile.read_text())
-    pgid = os.getpgid(pid)
-    assert is_healthy(uri)
-    assert start_server(paths, port=int(uri.rsplit(":", 1)[1])) == uri  # idempotent while healthy
-    assert paths.db.is_file()
-    assert stop_server(paths)
-    assert not paths.pidfile.exists()
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pgid, 0)
-    assert not is_healthy(uri)
-    assert not stop_server(paths)
+from wtag.tracking_server import free_port
 
 
 def test_unreachable_server_fails_fast_naming_the_uri():

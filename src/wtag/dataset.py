@@ -110,7 +110,7 @@ class Standardization:
             kwargs["hl_mean"] = tuple(float(v) for v in hl.mean(axis=0))
             kwargs["hl_std"] = tuple(float(v) for v in np.where(hl.std(axis=0) > 0, hl.std(axis=0), 1.0))
         if split.particles is not None:
-            real = split.particles[split.particles[..., 0] > 0].astype(np.float64)
+            real = split.particles[split.particles[..., schema.PARTICLE_PT] > 0].astype(np.float64)
             std = real.std(axis=0)
             kwargs["particle_mean"] = tuple(float(v) for v in real.mean(axis=0))
             kwargs["particle_std"] = tuple(float(v) for v in np.where(std > 0, std, 1.0))

@@ -25,6 +25,8 @@ import numpy as np
 
 from wtag.dataset import PreparedDataset, load_prepared
 from wtag.errors import WtagError
+from wtag.runs import find_dataset, model_uri, read_test_scores, tagger_runs, train_config
+from wtag.schema import Artifact, EntryPoint, Tag
 
 # metric -> True when larger is better.
 CHAMPION_METRICS: dict[str, bool] = {"test_r50": True, "test_r30": True, "test_auc": True,
@@ -32,8 +34,6 @@ CHAMPION_METRICS: dict[str, bool] = {"test_r50": True, "test_r30": True, "test_a
 TABLE_METRICS = ("test_auc", "test_r50", "test_r30", "test_mass_sculpting", "test_accuracy")
 TIMING_MAX_JETS = 10_000
 TIMING_REPEATS = 3
-MODEL_ARTIFACT = "model"
-TEST_SCORES = "test_scores.npz"
 # MLflow's own files in a logged model directory: environment specs and examples, not the model.
 _MLFLOW_MODEL_FILES = frozenset({"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt",
                                  "input_example.json", "serving_input_example.json", "registered_model_meta"})
@@ -57,96 +57,6 @@ class Candidate:
     native_ms_per_1k: float = math.nan
     onnx_ms_per_1k: float = math.nan
     note: str = ""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Finding runs, datasets and models (also used by the export step)
-
-
-def _client() -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient()
-
-
-def _search(experiment_id: str, filter_string: str, max_results: int = 1000) -> list[Any]:
-    return list(_client().search_runs([experiment_id], filter_string=filter_string,
-                                      order_by=["attributes.start_time DESC"], max_results=max_results))
-
-
-def tagger_runs(experiment_id: str, dataset_digest: str | None = None) -> list[Any]:
-    """The newest FINISHED tagger run per tagger trained on ``dataset_digest`` (default: the newest run's).
-
-    Raises WtagError when there is none, naming the experiment and digest.
-    """
-    runs = _search(experiment_id, "tags.`wtag.entry_point` = 'train_tagger' and attributes.status = 'FINISHED'")
-    if not runs:
-        raise WtagError(f"experiment {experiment_id} has no finished tagger runs (run the train step first)")
-    digest = dataset_digest or runs[0].data.params.get("dataset_digest")
-    newest: dict[str, Any] = {}
-    for run in runs:
-        name = run.data.tags.get("wtag.tagger")
-        if run.data.params.get("dataset_digest") == digest and name and name not in newest:
-            newest[name] = run
-    if not newest:
-        raise WtagError(f"experiment {experiment_id} has no finished tagger runs on dataset {digest}")
-    return list(newest.values())
-
-
-def find_dataset(experiment_id: str, dataset_digest: str) -> PreparedDataset:
-    """The prepared dataset with ``dataset_digest``, found through the prepare run that logged it."""
-    runs = _search(experiment_id, "tags.`wtag.entry_point` = 'prepare' and attributes.status = 'FINISHED'")
-    paths = [r.data.params["dataset_path"] for r in runs
-             if r.data.params.get("dataset_digest") == dataset_digest and r.data.params.get("dataset_path")]
-    if not paths:
-        raise WtagError(f"no finished prepare run in experiment {experiment_id} logged dataset {dataset_digest}")
-    for path in paths:
-        if (Path(path) / "manifest.json").is_file():
-            ds = load_prepared(path)
-            if ds.digest == dataset_digest:
-                return ds
-    raise WtagError(f"prepared dataset {dataset_digest[:12]} is gone from {', '.join(dict.fromkeys(paths))} "
-                    "(re-run the prepare step with the same parameters)")
-
-
-def model_uri(run_id: str, name: str = MODEL_ARTIFACT) -> str:
-    """URI of the model logged as ``name`` in a run.
-
-    MLflow 3 stores models as LoggedModels (``models:/m-<id>``) outside the run's artifacts; the run lists
-    them among its outputs. ``runs:/<id>/<name>`` still resolves, and is the fallback for older runs.
-    """
-    client = _client()
-    run = client.get_run(run_id)
-    outputs = getattr(run, "outputs", None)
-    for output in getattr(outputs, "model_outputs", None) or []:
-        logged = client.get_logged_model(output.model_id)
-        if logged.name == name:
-            return str(logged.model_uri)
-    return f"runs:/{run_id}/{name}"
-
-
-def train_config(params: Mapping[str, str]) -> Any:
-    """The TrainConfig a tagger run was trained with, rebuilt from its logged parameters."""
-    from wtag.taggers import TrainConfig
-
-    def parse(text: str, kind: type) -> Any:
-        if kind is bool:
-            return text == "True"
-        if kind is int:
-            return int(float(text))  # MLproject passes integers as floats ("30.0")
-        return kind(text)
-
-    return TrainConfig(**{f.name: parse(params[f.name], type(f.default)) for f in dataclasses.fields(TrainConfig)
-                          if f.name in params})
-
-
-def load_tagger(run: Any, ds: PreparedDataset, uri: str | None = None) -> Any:
-    """Rebuild the native tagger of a tagger run (its class from the ``wtag.tagger`` tag)."""
-    from wtag.taggers import tagger_class
-
-    name = run.data.tags.get("wtag.tagger", "")
-    cls = tagger_class(name)
-    return cls.load_logged(uri or model_uri(run.info.run_id), train_config(run.data.params), ds.standardization)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -348,21 +258,9 @@ def measure_inference(candidates: Sequence[Candidate], model_dirs: Mapping[str, 
 
 
 def _candidate(run: Any) -> Candidate:
-    return Candidate(run_id=run.info.run_id, tagger=run.data.tags["wtag.tagger"],
-                     family=run.data.tags.get("wtag.family", ""), metrics=dict(run.data.metrics),
+    return Candidate(run_id=run.info.run_id, tagger=run.data.tags[Tag.TAGGER],
+                     family=run.data.tags.get(Tag.FAMILY, ""), metrics=dict(run.data.metrics),
                      params=dict(run.data.params), model_uri=model_uri(run.info.run_id))
-
-
-def _test_scores(run_id: str, dst: Path) -> tuple[np.ndarray, np.ndarray]:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TEST_SCORES, dst_path=str(dst))
-    except MlflowException:
-        raise WtagError(f"tagger run {run_id} has no {TEST_SCORES} artifact (not logged by the train step)") from None
-    with np.load(path, allow_pickle=False) as data:
-        return data["label"], data["score"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -381,7 +279,7 @@ def compare(experiment_id: str, runs: Sequence[Any], timing: bool = True,
         for c in candidates:
             model_dirs[c.run_id] = _download(c.model_uri, Path(tmp) / c.run_id)
             c.native_bytes = _model_bytes(model_dirs[c.run_id])
-            curves[c.tagger] = _test_scores(c.run_id, Path(tmp) / c.run_id / "scores")
+            curves[c.tagger] = read_test_scores(c.run_id, Path(tmp) / c.run_id / "scores")
         if timing:
             measure_inference(candidates, model_dirs, ds, onnx_too=onnx_too)
     return candidates, ds, curves
@@ -413,34 +311,34 @@ def evaluate_step(experiment_id: str, dataset_digest: str | None, metric: str = 
     digest = runs[0].data.params["dataset_digest"]
     params = _eval_params(metric, digest, train_run_id, [r.info.run_id for r in runs])
     if run_id is None:
-        previous = find_finished_run(experiment_id, "evaluate", params)
-        if previous is not None and previous.data.tags.get("wtag.champion_run_id"):
-            champion_id = previous.data.tags["wtag.champion_run_id"]
+        previous = find_finished_run(experiment_id, EntryPoint.EVALUATE, params)
+        if previous is not None and previous.data.tags.get(Tag.CHAMPION_RUN_ID):
+            champion_id = previous.data.tags[Tag.CHAMPION_RUN_ID]
             print(f"evaluate: reusing run {previous.info.run_id} (champion {champion_id})", file=sys.stderr)
             return str(previous.info.run_id), str(champion_id)
 
     description = f"compare {len(runs)} taggers on dataset {digest[:8]} by {metric}"
-    with tracked_run("evaluate", f"evaluate-{digest[:8]}-{metric}", description, params,
+    with tracked_run(EntryPoint.EVALUATE, f"evaluate-{digest[:8]}-{metric}", description, params,
                      nested=mlflow.active_run() is not None and run_id is None,
-                     tags={"wtag.dataset_digest": digest}, run_id=run_id) as run:
+                     tags={Tag.DATASET_DIGEST: digest}, run_id=run_id) as run:
         candidates, ds, curves = compare(experiment_id, runs, timing=timing, onnx_too=onnx_too)
         champion, reason = pick_champion(candidates, metric)
         value = champion.metrics[metric]
         markdown = table_markdown(candidates, champion)
-        mlflow.log_text(table_csv(candidates), "comparison.csv")
-        mlflow.log_text(markdown, "comparison.md")
+        mlflow.log_text(table_csv(candidates), Artifact.COMPARISON_CSV)
+        mlflow.log_text(markdown, Artifact.COMPARISON_MD)
         timing_note = (f"Inference time: best of {TIMING_REPEATS} passes over the test set (at most "
                        f"{TIMING_MAX_JETS:,} jets) in a fresh process on one CPU core, one thread in every pool; "
                        "native Keras times include model.predict's fixed per-call overhead." if timing
                        else "Inference not timed.")
         mlflow.log_text(f"{reason}\n\nDataset {digest} ({ds.source}, {len(ds.test)} test jets). {timing_note}\n\n"
-                        f"{markdown}", "champion.txt")
+                        f"{markdown}", Artifact.CHAMPION_TXT)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "roc_all.png"
             plots.plot_roc(curves, path, baseline="cut" if "cut" in curves else None)
             mlflow.log_artifact(str(path))
-        mlflow.set_tags({"wtag.champion_run_id": champion.run_id, "wtag.champion_tagger": champion.tagger,
-                         "wtag.champion_metric": metric, "wtag.champion_value": f"{value:.6g}"})
+        mlflow.set_tags({Tag.CHAMPION_RUN_ID: champion.run_id, Tag.CHAMPION_TAGGER: champion.tagger,
+                         Tag.CHAMPION_METRIC: metric, Tag.CHAMPION_VALUE: f"{value:.6g}"})
         per_tagger = {}
         for c in candidates:
             for key, figure in (("ms_per_1k", c.native_ms_per_1k), ("onnx_ms_per_1k", c.onnx_ms_per_1k),

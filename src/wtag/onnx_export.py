@@ -9,7 +9,6 @@ leaves production where it was.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
@@ -23,8 +22,9 @@ import numpy as np
 
 from wtag import schema
 from wtag.errors import WtagError
-from wtag.evaluation import find_dataset, load_tagger
-from wtag.tracking import CHAMPION_ALIAS, REGISTERED_MODEL
+from wtag.registry import existing_version, move_alias, register_export
+from wtag.runs import champion_of_newest_evaluation, find_dataset, load_tagger, tagger_run
+from wtag.schema import CHAMPION_ALIAS, REGISTERED_MODEL, Artifact, EntryPoint, Meta, Tag
 
 # Parity thresholds on the whole test set, ONNX Runtime (CPU) vs the native model.
 NN_MAX_ABS_DIFF = 1e-4  # neural networks: every jet
@@ -35,9 +35,7 @@ PYFUNC_MAX_ABS_DIFF = 1e-3  # logged-model smoke check; pyfunc may run on CUDA (
 PYFUNC_CHECK_JETS = 256
 PARITY_CHUNK = 8192
 ONNX_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-PREPROCESS_FILE = "preprocess.json"
 PREPROCESS_FORMAT = "wtag-preprocess/1"
-ALIAS_HISTORY_MAX_CHARS = 4000
 
 
 def create_session(model: bytes | str | os.PathLike[str], device: str = "auto") -> Any:
@@ -70,8 +68,6 @@ def check_contract(model: Any, inputs: tuple[str, ...], what: str) -> None:
     one output ``score`` (float32, 1-D, dynamic batch)."""
     import onnx
 
-    from wtag.taggers import expected_shape
-
     initializers = {t.name for t in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
     names = [i.name for i in graph_inputs]
@@ -81,7 +77,7 @@ def check_contract(model: Any, inputs: tuple[str, ...], what: str) -> None:
         if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise WtagError(f"{what}: ONNX input '{value.name}' is not float32")
         dims = _dims(value)
-        want = expected_shape(value.name)
+        want = schema.expected_shape(value.name)
         if dims is None or len(dims) != len(want) + 1 or tuple(dims[1:]) != want or not _is_dynamic(dims[0]):
             raise WtagError(f"{what}: ONNX input '{value.name}' has shape {dims}, the contract needs "
                             f"[N, {', '.join(str(d) for d in want)}] with a dynamic batch axis N")
@@ -106,17 +102,17 @@ def _name_batch_axis(model: Any) -> None:
 
 
 def metadata(tagger: Any, run_id: str, dataset_digest: str) -> dict[str, str]:
-    """The ``metadata_props`` every exported graph carries (contracts.md), so a server needs nothing else."""
+    """The ``metadata_props`` every exported graph carries (docs/contracts.md), so a server needs nothing else."""
     return {
-        "wtag.tagger": tagger.name,
-        "wtag.family": tagger.family,
-        "wtag.inputs": json.dumps(list(tagger.inputs)),
-        "wtag.hl_features": json.dumps(list(schema.HL_FEATURES)),
-        "wtag.particle_features": json.dumps(list(schema.PARTICLE_FEATURES)),
-        "wtag.max_particles": str(schema.MAX_PARTICLES),
-        "wtag.preprocessing": "baked",
-        "wtag.dataset_digest": dataset_digest,
-        "wtag.run_id": run_id,
+        Meta.TAGGER: tagger.name,
+        Meta.FAMILY: tagger.family,
+        Meta.INPUTS: json.dumps(list(tagger.inputs)),
+        Meta.HL_FEATURES: json.dumps(list(schema.HL_FEATURES)),
+        Meta.PARTICLE_FEATURES: json.dumps(list(schema.PARTICLE_FEATURES)),
+        Meta.MAX_PARTICLES: str(schema.MAX_PARTICLES),
+        Meta.PREPROCESSING: "baked",
+        Meta.DATASET_DIGEST: dataset_digest,
+        Meta.RUN_ID: run_id,
     }
 
 
@@ -207,12 +203,10 @@ def parity(tagger: Any, model_proto: Any, inputs: Mapping[str, np.ndarray]) -> d
 
 def preprocessing(tagger: Any, run_id: str, dataset_digest: str) -> dict[str, Any]:
     """What ``preprocess.json`` says: input layout, the standardization baked into the graph, the output."""
-    from wtag.taggers import expected_shape
-
     std = tagger.standardization
     inputs: dict[str, Any] = {}
     for name in tagger.inputs:
-        entry: dict[str, Any] = {"shape": [-1, *expected_shape(name)], "dtype": "float32", "raw": True}
+        entry: dict[str, Any] = {"shape": [-1, *schema.expected_shape(name)], "dtype": "float32", "raw": True}
         if name == schema.INPUT_HL:
             entry.update(features=list(schema.HL_FEATURES),
                          standardization={"mean": std.hl_mean, "std": std.hl_std,
@@ -247,124 +241,7 @@ def preprocessing(tagger: Any, run_id: str, dataset_digest: str) -> dict[str, An
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Registry
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def existing_version(model_name: str, source_run_id: str) -> Any | None:
-    """The registered version exported from ``source_run_id``, if any (oldest first: the one to keep)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    found = client.search_model_versions(
-        f"name = '{model_name}' and tags.`wtag.source_run_id` = '{source_run_id}'")
-    return min(found, key=lambda v: int(v.version)) if found else None
-
-
-def _alias_version(model_name: str, alias: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        return MlflowClient().get_model_version_by_alias(model_name, alias)
-    except MlflowException:
-        return None
-
-
-def move_alias(model_name: str, alias: str, version: str) -> None:
-    """Point ``alias`` at ``version`` and keep the history in tags.
-
-    The new version gets ``wtag.alias.<alias>.since``, the one it replaces ``wtag.alias.<alias>.until`` and
-    ``...replaced_by``; the registered model's ``wtag.alias_history.<alias>`` holds a JSON list of
-    ``{version, source_run_id, tagger, since, previous}`` (the newest entries, bounded in size).
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    current = _alias_version(model_name, alias)
-    if current is not None and str(current.version) == str(version):
-        return
-    now = _now()
-    new = client.get_model_version(model_name, version)
-    client.set_registered_model_alias(model_name, alias, version)
-    client.set_model_version_tag(model_name, version, f"wtag.alias.{alias}.since", now)
-    if current is not None:
-        client.set_model_version_tag(model_name, current.version, f"wtag.alias.{alias}.until", now)
-        client.set_model_version_tag(model_name, current.version, f"wtag.alias.{alias}.replaced_by", str(version))
-    key = f"wtag.alias_history.{alias}"
-    try:
-        history = json.loads(client.get_registered_model(model_name).tags.get(key, "[]"))
-    except ValueError:
-        history = []
-    history.append({"version": str(version), "source_run_id": new.tags.get("wtag.source_run_id", ""),
-                    "tagger": new.tags.get("wtag.tagger", ""), "since": now,
-                    "previous": None if current is None else str(current.version)})
-    while len(history) > 1 and len(json.dumps(history)) > ALIAS_HISTORY_MAX_CHARS:
-        history.pop(0)
-    client.set_registered_model_tag(model_name, key, json.dumps(history))
-    print(f"export: alias '{alias}' of '{model_name}' -> version {version}"
-          + (f" (was {current.version})" if current is not None else ""), file=sys.stderr)
-
-
-def register_version(model_uri: str, model_name: str, tags: Mapping[str, str], description: str) -> str:
-    """Create a registered model version (with tags and description) and return its version number."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    version = mlflow.register_model(model_uri, model_name, tags=dict(tags))
-    MlflowClient().update_model_version(model_name, version.version, description=description)
-    return str(version.version)
-
-
-def _register_export(export_run: Any, model_name: str) -> str:
-    """Register the ONNX model an export run logged; the version's tags and description say where it came from."""
-    tags, figures = export_run.data.tags, export_run.data.metrics
-    version_tags = {k: tags[k] for k in ("wtag.source_run_id", "wtag.tagger", "wtag.family", "wtag.dataset_digest")
-                    if k in tags}
-    version_tags["wtag.export_run_id"] = export_run.info.run_id
-    max_diff, frac = figures.get("onnx_max_abs_diff", math.nan), figures.get("onnx_frac_diff", math.nan)
-    version_tags.update({"wtag.onnx_max_abs_diff": f"{max_diff:.3g}", "wtag.onnx_frac_diff": f"{frac:.4g}"})
-    description = (f"{tags.get('wtag.tagger', '?')} tagger from run {tags.get('wtag.source_run_id', '?')} (dataset "
-                   f"{tags.get('wtag.dataset_digest', '?')[:12]}); ONNX parity on "
-                   f"{int(figures.get('onnx_parity_jets', 0))} test jets: max |diff| {max_diff:.3g}, {frac:.2%} "
-                   f"above {DIFF_THRESHOLD:g}")
-    return register_version(tags["wtag.model_uri"], model_name, version_tags, description)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The step
-
-
-def _champion_of_newest_evaluation(experiment_id: str) -> str:
-    from mlflow.tracking import MlflowClient
-
-    runs = MlflowClient().search_runs(
-        [experiment_id], "tags.`wtag.entry_point` = 'evaluate' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=50)
-    for run in runs:
-        if run.data.tags.get("wtag.champion_run_id"):
-            return str(run.data.tags["wtag.champion_run_id"])
-    raise WtagError(f"experiment {experiment_id} has no finished evaluation run: run the evaluate step or pass "
-                    "-P run_id=<tagger run>")
-
-
-def _source_run(run_id: str) -> Any:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        run = MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise WtagError(f"run_id {run_id}: no such run on the tracking server") from None
-    if run.data.tags.get("wtag.entry_point") != "train_tagger" or not run.data.tags.get("wtag.tagger"):
-        raise WtagError(f"run_id {run_id}: not a tagger training run (tag wtag.entry_point = "
-                        f"'{run.data.tags.get('wtag.entry_point', '')}')")
-    if run.info.status != "FINISHED":
-        raise WtagError(f"run_id {run_id}: tagger run is {run.info.status}, not FINISHED")
-    return run
 
 
 def _export_run(source: Any, params: Mapping[str, str], model_name: str, register: bool,
@@ -377,10 +254,10 @@ def _export_run(source: Any, params: Mapping[str, str], model_name: str, registe
     from wtag.tracking import tracked_run
 
     run_id, tagger_name, digest = params["source_run_id"], params["tagger"], params["dataset_digest"]
-    tags = {"wtag.source_run_id": run_id, "wtag.tagger": tagger_name, "wtag.dataset_digest": digest,
-            "wtag.family": source.data.tags.get("wtag.family", "")}
+    tags = {Tag.SOURCE_RUN_ID: run_id, Tag.TAGGER: tagger_name, Tag.DATASET_DIGEST: digest,
+            Tag.FAMILY: source.data.tags.get(Tag.FAMILY, "")}
     description = f"export {tagger_name} (run {run_id}) to ONNX, check parity, register as {model_name}"
-    with tracked_run("export", f"export-{tagger_name}-{run_id[:8]}", description, params, tags=tags,
+    with tracked_run(EntryPoint.EXPORT, f"export-{tagger_name}-{run_id[:8]}", description, params, tags=tags,
                      nested=mlflow.active_run() is not None and export_run_id is None,
                      run_id=export_run_id) as run:
         ds = find_dataset(source.info.experiment_id, digest)
@@ -395,11 +272,11 @@ def _export_run(source: Any, params: Mapping[str, str], model_name: str, registe
         info = preprocessing(tagger, run_id, digest)
         example = {k: np.ascontiguousarray(v[:5], dtype=np.float32) for k, v in inputs.items()}
         signature = infer_signature(example, {schema.OUTPUT_SCORE: onnx_scores[:5].astype(np.float32)})
-        logged = mlflow.onnx.log_model(model, name="model", signature=signature, input_example=example,
+        logged = mlflow.onnx.log_model(model, name=Artifact.MODEL, signature=signature, input_example=example,
                                        metadata={"wtag": info}, save_as_external_data=False,
                                        onnx_execution_providers=ONNX_PROVIDERS)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / PREPROCESS_FILE
+            path = Path(tmp) / Artifact.PREPROCESS
             path.write_text(json.dumps(info, indent=2) + "\n")
             MlflowClient().log_model_artifact(logged.model_id, str(path))
             mlflow.log_artifact(str(path))
@@ -411,11 +288,11 @@ def _export_run(source: Any, params: Mapping[str, str], model_name: str, registe
         if not pyfunc_diff <= PYFUNC_MAX_ABS_DIFF:
             raise WtagError(f"tagger '{tagger_name}': the logged model scores differ from ONNX Runtime by "
                             f"{pyfunc_diff:.3g} through mlflow.pyfunc")
-        mlflow.set_tag("wtag.model_uri", str(logged.model_uri))
+        mlflow.set_tag(Tag.MODEL_URI, str(logged.model_uri))
         version = ""
         if register:
-            version = _register_export(MlflowClient().get_run(run.info.run_id), model_name)
-            mlflow.set_tag("wtag.registered_version", version)
+            version = register_export(MlflowClient().get_run(run.info.run_id), model_name, DIFF_THRESHOLD)
+            mlflow.set_tag(Tag.REGISTERED_VERSION, version)
             move_alias(model_name, alias, version)
         print(f"export: {tagger_name} -> ONNX ({len(blob)} bytes), max |diff| {figures['onnx_max_abs_diff']:.3g}, "
               f"{figures['onnx_frac_diff']:.2%} of {len(native)} jets above {DIFF_THRESHOLD:g}"
@@ -428,7 +305,7 @@ def _note_reuse(export_run_id: str, previous_run: str, version: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    client.set_tag(export_run_id, "wtag.reused_run", previous_run)
+    client.set_tag(export_run_id, Tag.REUSED_RUN, previous_run)
     client.set_tag(export_run_id, "mlflow.note.content",
                    f"Nothing to do: this tagger run was exported by run {previous_run} as version {version}; "
                    "the alias now points there.")
@@ -445,26 +322,26 @@ def export_step(experiment_id: str, run_id: str | None = None, register: bool = 
     """
     from wtag.tracking import find_finished_run
 
-    run_id = run_id or _champion_of_newest_evaluation(experiment_id)
-    source = _source_run(run_id)
-    params = {"source_run_id": run_id, "tagger": source.data.tags["wtag.tagger"],
+    run_id = run_id or champion_of_newest_evaluation(experiment_id)
+    source = tagger_run(run_id)
+    params = {"source_run_id": run_id, "tagger": source.data.tags[Tag.TAGGER],
               "dataset_digest": source.data.params.get("dataset_digest", "")}
     if register:
         version = existing_version(model_name, run_id)
         if version is not None:
             move_alias(model_name, alias, str(version.version))
-            previous_run = version.tags.get("wtag.export_run_id") or version.run_id
+            previous_run = version.tags.get(Tag.EXPORT_RUN_ID) or version.run_id
             if export_run_id is not None:
                 _note_reuse(export_run_id, previous_run, str(version.version))
             print(f"export: run {run_id} is already {model_name} version {version.version} "
                   f"(export run {previous_run})", file=sys.stderr)
             return str(previous_run), str(version.version)
     if export_run_id is None:
-        previous = find_finished_run(experiment_id, "export", params)
-        if previous is not None and previous.data.tags.get("wtag.model_uri"):
+        previous = find_finished_run(experiment_id, EntryPoint.EXPORT, params)
+        if previous is not None and previous.data.tags.get(Tag.MODEL_URI):
             version_number = ""
             if register:
-                version_number = _register_export(previous, model_name)
+                version_number = register_export(previous, model_name, DIFF_THRESHOLD)
                 move_alias(model_name, alias, version_number)
             print(f"export: reusing run {previous.info.run_id}", file=sys.stderr)
             return str(previous.info.run_id), version_number

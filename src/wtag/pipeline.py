@@ -7,10 +7,16 @@ that TensorFlow is imported once.
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
-from wtag.dataset import PreparedDataset, load_prepared
-from wtag.prepare import PrepareConfig, log_prepared, prepare
+import numpy as np
+
+from wtag import plots, schema
+from wtag.dataset import SPLITS, PreparedDataset, load_prepared
+from wtag.prepare import PrepareConfig, prepare
+from wtag.runs import log_dataset_input
+from wtag.schema import Artifact, EntryPoint, Tag
 from wtag.taggers import TrainConfig
 from wtag.tracking import find_finished_run, tracked_run
 
@@ -19,20 +25,45 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def log_prepared(ds: PreparedDataset) -> None:
+    """Log the dataset (``mlflow.log_input`` per split), its manifest and input plots to the active run."""
+    import mlflow
+
+    for split_name in SPLITS:
+        log_dataset_input(ds, split_name)
+    mlflow.log_params({"dataset_digest": ds.digest, "dataset_path": str(ds.root),
+                       **{f"n_{s}": len(ds.split(s)) for s in SPLITS}})
+    mlflow.set_tag(Tag.DATASET_DIGEST, ds.digest)
+    mlflow.log_artifact(str(ds.root / Artifact.MANIFEST))
+    mlflow.log_artifact(str(ds.root / Artifact.STANDARDIZATION))
+    train = ds.train
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        table: dict[str, np.ndarray] = {"jet pT [GeV]": train.pt, "soft-drop mass [GeV]": train.msd}
+        if train.hl is not None:
+            for col in ("jet_mass_ak7", "jet_tau21_ak7", "jet_tau32_ak7", "jet_ncand_ak7"):
+                table[col] = train.hl[:, schema.HL_FEATURES.index(col)]
+        plots.plot_feature_distributions(table, train.label, tmp_path / "features.png")
+        plots.plot_feature_distributions(table, train.label, tmp_path / "features_weighted.png", weight=train.weight)
+        if train.images is not None:
+            plots.plot_average_images(train.images, train.label, tmp_path / "average_images.png")
+        mlflow.log_artifacts(tmp, artifact_path="plots")
+
+
 def prepare_step(config: PrepareConfig, data_dir: Path, experiment_id: str, workers: int | None = None,
                  run_id: str | None = None, progress: bool = True) -> tuple[str, PreparedDataset]:
     """Run ``prepare`` in its own MLflow run, or reuse a finished one whose dataset is still on disk."""
     params = config.params()
     if run_id is None:
-        previous = find_finished_run(experiment_id, "prepare", params)
+        previous = find_finished_run(experiment_id, EntryPoint.PREPARE, params)
         if previous is not None:
             root = Path(previous.data.params.get("dataset_path", ""))
-            if (root / "manifest.json").is_file():
+            if (root / Artifact.MANIFEST).is_file():
                 ds = load_prepared(root)
                 _say(f"prepare: reusing run {previous.info.run_id} (dataset {ds.digest[:8]})")
                 return str(previous.info.run_id), ds
     description = f"prepare {config.source} jets (n_jets={config.n_jets}, seed={config.seed})"
-    with tracked_run("prepare", f"prepare-{config.source}-{config.n_jets}", description, params,
+    with tracked_run(EntryPoint.PREPARE, f"prepare-{config.source}-{config.n_jets}", description, params,
                      run_id=run_id) as run:
         ds = prepare(config, data_dir, workers=workers, progress=progress)
         log_prepared(ds)
@@ -51,7 +82,7 @@ def train_step(config: PrepareConfig, data_dir: Path, experiment_id: str, model:
     prep_run_id, ds = prepare_step(config, data_dir, experiment_id, workers=workers)
     if reuse:
         params = {"model": model, "dataset_digest": ds.digest, **train_config.params()}
-        previous = find_finished_run(experiment_id, "train", params)
+        previous = find_finished_run(experiment_id, EntryPoint.TRAIN, params)
         if previous is not None:
             _say(f"train: reusing run {previous.info.run_id}")
             return str(previous.info.run_id)
@@ -67,7 +98,7 @@ def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, mod
 
     params = {**config.params(), "model": model, "metric": metric, **train_config.params()}
     description = f"pipeline: prepare {config.source}, train {model}, evaluate by {metric}, export champion"
-    with tracked_run("main", f"main-{config.source}-{config.n_jets}", description, params, run_id=run_id):
+    with tracked_run(EntryPoint.MAIN, f"main-{config.source}-{config.n_jets}", description, params, run_id=run_id):
         import mlflow
 
         train_run = train_step(config, data_dir, experiment_id, model, train_config, workers=workers, reuse=True)
@@ -76,6 +107,6 @@ def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, mod
         export_run, version = export_step(experiment_id, champion_run)
         steps = {"train": train_run, "evaluate": eval_run, "export": export_run, "champion": champion_run,
                  "model_version": version}
-        mlflow.set_tags({f"wtag.step.{k}": v for k, v in steps.items()})
+        mlflow.set_tags({f"{Tag.STEP_PREFIX}{k}": v for k, v in steps.items()})
         _say("main: " + ", ".join(f"{k}={v}" for k, v in steps.items()))
         return steps

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import awkward as ak
@@ -214,52 +213,3 @@ def prepare(config: PrepareConfig, data_dir: Path, workers: int | None = None,
     }
     save_prepared(root, manifest, splits, standardization)
     return load_prepared(root)
-
-
-def mlflow_dataset(ds: PreparedDataset, split_name: str):
-    """The split as an MLflow dataset (the high-level table, or the images for the images-only source),
-    named and digested by the prepared dataset's content digest."""
-    import mlflow
-    import pandas as pd
-    from mlflow.data.dataset_source_registry import get_registered_sources
-
-    # The local-artifact source is registered twice in MLflow 3.17, so resolving a path warns; build it.
-    local_source = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
-    source = local_source(str(ds.root.resolve()))
-    name = f"wtag-{ds.source}-{split_name}"  # MLflow keeps one context per (name, digest)
-    split = ds.split(split_name)
-    if split.hl is not None:
-        frame = pd.DataFrame(split.hl, columns=list(schema.HL_FEATURES))
-        frame["label"] = split.label.astype(np.float64)  # integer columns make MLflow warn about NaN
-        frame["weight"] = split.weight
-        return mlflow.data.from_pandas(frame, source=source, targets="label", name=name, digest=ds.digest[:16])
-    return mlflow.data.from_numpy(split.images, targets=split.label, source=source, name=name,
-                                  digest=ds.digest[:16])
-
-
-def log_prepared(ds: PreparedDataset) -> None:
-    """Log the dataset (``mlflow.log_input`` per split), its manifest and input plots to the active run."""
-    import mlflow
-
-    from wtag import plots
-
-    for split_name in SPLITS:
-        dataset = mlflow_dataset(ds, split_name)
-        mlflow.log_input(dataset, context=split_name)
-    mlflow.log_params({"dataset_digest": ds.digest, "dataset_path": str(ds.root),
-                       **{f"n_{s}": len(ds.split(s)) for s in SPLITS}})
-    mlflow.set_tag("wtag.dataset_digest", ds.digest)
-    mlflow.log_artifact(str(ds.root / "manifest.json"))
-    mlflow.log_artifact(str(ds.root / "standardization.json"))
-    train = ds.train
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        table: dict[str, np.ndarray] = {"jet pT [GeV]": train.pt, "soft-drop mass [GeV]": train.msd}
-        if train.hl is not None:
-            for col in ("jet_mass_ak7", "jet_tau21_ak7", "jet_tau32_ak7", "jet_ncand_ak7"):
-                table[col] = train.hl[:, schema.HL_FEATURES.index(col)]
-        plots.plot_feature_distributions(table, train.label, tmp_path / "features.png")
-        plots.plot_feature_distributions(table, train.label, tmp_path / "features_weighted.png", weight=train.weight)
-        if train.images is not None:
-            plots.plot_average_images(train.images, train.label, tmp_path / "average_images.png")
-        mlflow.log_artifacts(tmp, artifact_path="plots")

@@ -1,4 +1,6 @@
-"""MLflow plumbing: the tracking-server process, reachability checks, run provenance and reuse of finished runs.
+"""MLflow plumbing: reachability checks, run provenance and reuse of finished runs.
+
+The tracking-server process itself lives in ``wtag.tracking_server``.
 
 All steps log to the server at ``MLFLOW_TRACKING_URI``; this module only takes URIs and paths as arguments
 (the CLI and entry points read the environment).
@@ -9,142 +11,16 @@ import contextlib
 import hashlib
 import os
 import platform
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wtag.errors import WtagError
+from wtag.schema import Tag
+from wtag.tracking_server import is_healthy
 
 DEFAULT_EXPERIMENT = "wtag"
-REGISTERED_MODEL = "wtag"
-CHAMPION_ALIAS = "champion"
-
-
-@dataclass(frozen=True)
-class ServerPaths:
-    """Where a tracking server keeps its state: SQLite backend store, artifact root, pid file and log."""
-
-    root: Path
-
-    @property
-    def db(self) -> Path:
-        return self.root / "mlflow.db"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.root / "server.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "server.log"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def is_healthy(uri: str, timeout: float = 2.0) -> bool:
-    """True when an MLflow server answers ``/health`` at ``uri``."""
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def start_server(paths: ServerPaths, host: str = "127.0.0.1", port: int = 5000, timeout: float = 120.0) -> str:
-    """Start ``mlflow server`` in its own process group (SQLite store, local artifact destination).
-
-    Job execution is disabled: otherwise the server forks seven job workers (~2 GB) we never use. Returns the
-    server URI once ``/health`` answers; raises WtagError (with the log's tail) if it does not.
-    """
-    uri = f"http://{host}:{port}"
-    if is_healthy(uri):
-        return uri
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.artifacts.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", host, "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{paths.db.resolve()}",
-        "--artifacts-destination", str(paths.artifacts.resolve()),
-        "--workers", "1",
-    ]
-    # posix_spawn, not Popen: the server outlives this function, and a dropped Popen warns on deletion.
-    with open(paths.log, "ab") as log:
-        pid = os.posix_spawn(sys.executable, cmd, env, setsid=True,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, log.fileno(), 1),
-                                           (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
-                                           (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
-    paths.pidfile.write_text(f"{pid}\n")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            paths.pidfile.unlink(missing_ok=True)
-            raise WtagError(f"mlflow server exited with code {os.waitstatus_to_exitcode(status)}; "
-                            f"log {paths.log}:\n{_tail(paths.log)}")
-        if is_healthy(uri, timeout=1.0):
-            return uri
-        time.sleep(0.25)
-    stop_server(paths)
-    raise WtagError(f"mlflow server at {uri} did not become healthy within {timeout:.0f} s; log {paths.log}")
-
-
-def stop_server(paths: ServerPaths, timeout: float = 20.0) -> bool:
-    """Stop the server's whole process group (gunicorn/uvicorn workers included). False if none was running."""
-    if not paths.pidfile.is_file():
-        return False
-    try:
-        pid = int(paths.pidfile.read_text().strip())
-    except ValueError:
-        paths.pidfile.unlink(missing_ok=True)
-        return False
-    stopped = _kill_group(pid, timeout)
-    paths.pidfile.unlink(missing_ok=True)
-    return stopped
-
-
-def _kill_group(pid: int, timeout: float) -> bool:
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return False
-    os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    return True
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def require_server(uri: str, timeout: float = 5.0) -> None:
@@ -195,12 +71,12 @@ def environment_tags() -> dict[str, str]:
     """What a run needs to be reproduced: code commit, Python and key package versions, platform."""
     from importlib import metadata
 
-    tags = {"wtag.git_commit": git_commit(), "wtag.python": platform.python_version(),
-            "wtag.platform": platform.platform()}
+    tags = {Tag.GIT_COMMIT: git_commit(), Tag.PYTHON: platform.python_version(),
+            Tag.PLATFORM: platform.platform()}
     for pkg in ("mlflow", "numpy", "awkward", "uproot", "fastjet", "pythia8mc", "xgboost", "tensorflow", "keras",
                 "onnx", "onnxruntime-gpu", "scikit-learn"):
         with contextlib.suppress(metadata.PackageNotFoundError):
-            tags[f"wtag.version.{pkg}"] = metadata.version(pkg)
+            tags[f"{Tag.VERSION_PREFIX}{pkg}"] = metadata.version(pkg)
     return tags
 
 
@@ -222,8 +98,8 @@ def find_finished_run(experiment_id: str, entry_point: str, params: Mapping[str,
     client = MlflowClient()
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`wtag.entry_point` = '{entry_point}' and attributes.status = 'FINISHED' "
-                       f"and tags.`wtag.git_commit` = '{commit}'"),
+        filter_string=(f"tags.`{Tag.ENTRY_POINT}` = '{entry_point}' and attributes.status = 'FINISHED' "
+                       f"and tags.`{Tag.GIT_COMMIT}` = '{commit}'"),
         order_by=["attributes.start_time DESC"],
         max_results=50,
     )
@@ -245,7 +121,7 @@ def tracked_run(entry_point: str, run_name: str, description: str, params: Mappi
     """
     import mlflow
 
-    all_tags = {**environment_tags(), "wtag.entry_point": entry_point, **(tags or {})}
+    all_tags = {**environment_tags(), Tag.ENTRY_POINT: entry_point, **(tags or {})}
     nested = nested or mlflow.active_run() is not None  # a step inside `main` becomes its child run
     with mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=all_tags,
                           description=description) as run:

@@ -16,10 +16,9 @@ import numpy as np
 
 from wtag.dataset import PreparedDataset
 from wtag.errors import WtagError
+from wtag.runs import log_dataset_input
+from wtag.schema import Artifact, EntryPoint, Tag
 from wtag.taggers import TAGGER_NAMES, Tagger, TrainConfig, build_tagger, tagger_class
-
-TEST_SCORES = "test_scores.npz"
-MODEL_NAME = "model"
 
 
 @dataclasses.dataclass
@@ -103,10 +102,9 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
               "dataset_digest": ds.digest, "n_train": len(ds.train), "n_val": len(ds.val), "n_test": len(ds.test)}
     description = (f"{name} ({tagger.family}) trained on {len(ds.train)} {ds.source} jets, "
                    f"inputs {', '.join(tagger.inputs)}")
-    tags = {"wtag.tagger": name, "wtag.family": tagger.family, "wtag.dataset_digest": ds.digest,
-            "wtag.source": ds.source}
-    with tracked_run("train_tagger", _run_name(name, ds), description, params, nested=True, tags=tags) as run:
-        _log_dataset_input(ds)
+    tags = {Tag.TAGGER: name, Tag.FAMILY: tagger.family, Tag.DATASET_DIGEST: ds.digest, Tag.SOURCE: ds.source}
+    with tracked_run(EntryPoint.TRAIN_TAGGER, _run_name(name, ds), description, params, nested=True, tags=tags) as run:
+        log_dataset_input(ds, "test")
         start = time.perf_counter()
         epoch_logger = EpochLogger(run.info.run_id)
         history = tagger.fit(ds.train, ds.val, on_epoch_end=epoch_logger)
@@ -121,12 +119,12 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
                             "test_predict_ms_per_1k": 1000.0 * predict_time / max(len(scores), 1) * 1000.0,
                             "epochs_trained": float(len(history.get("loss", [])))})
         example = {k: v[:5] for k, v in test_inputs.items()}
-        tagger.log_model(MODEL_NAME, example)
+        tagger.log_model(Artifact.MODEL, example)
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
-            with open(tmp_path / TEST_SCORES, "wb") as fh:
+            with open(tmp_path / Artifact.TEST_SCORES, "wb") as fh:
                 np.savez(fh, score=scores.astype(np.float32), label=ds.test.label, msd=ds.test.msd)
-            mlflow.log_artifact(str(tmp_path / TEST_SCORES))
+            mlflow.log_artifact(str(tmp_path / Artifact.TEST_SCORES))
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
             curves = {name: (ds.test.label, scores)}
@@ -147,14 +145,6 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
               f"({train_time:.0f} s)", file=sys.stderr)
         return TaggerResult(name=name, run_id=run.info.run_id, metrics={**result, "train_time_s": train_time},
                             scores=scores)
-
-
-def _log_dataset_input(ds: PreparedDataset) -> None:
-    import mlflow
-
-    from wtag.prepare import mlflow_dataset
-
-    mlflow.log_input(mlflow_dataset(ds, "test"), context="test")
 
 
 def results_table(results: Sequence[TaggerResult]) -> str:
@@ -182,9 +172,9 @@ def train(ds: PreparedDataset, model: str, config: TrainConfig, prepare_run_id: 
         names = ["cut"] + [n for n in names if n != "cut"]
     params = {"model": model, "source": ds.source, "dataset_digest": ds.digest, **config.params()}
     description = f"train {', '.join(names)} on {len(ds.train)} {ds.source} jets (dataset {ds.digest[:8]})"
-    tags = {"wtag.dataset_digest": ds.digest, "wtag.source": ds.source,
-            **({"wtag.prepare_run_id": prepare_run_id} if prepare_run_id else {})}
-    with tracked_run("train", f"train-{model}-{ds.source}-{len(ds.train)}", description, params, tags=tags,
+    tags = {Tag.DATASET_DIGEST: ds.digest, Tag.SOURCE: ds.source,
+            **({Tag.PREPARE_RUN_ID: prepare_run_id} if prepare_run_id else {})}
+    with tracked_run(EntryPoint.TRAIN, f"train-{model}-{ds.source}-{len(ds.train)}", description, params, tags=tags,
                      run_id=run_id) as parent:
         results: list[TaggerResult] = []
         baseline: TaggerResult | None = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 
-from wtag import schema
 from wtag.dataset import Standardization
 from wtag.errors import WtagError
 from wtag.taggers.base import Tagger, TrainConfig
@@ -36,16 +35,4 @@ def build_tagger(name: str, config: TrainConfig, standardization: Standardizatio
     return tagger_class(name)(config, standardization)
 
 
-def expected_shape(input_name: str) -> tuple[int, ...]:
-    """Per-jet shape of a model input."""
-    shapes = {
-        schema.INPUT_HL: (len(schema.HL_FEATURES),),
-        schema.INPUT_IMAGES: (schema.IMAGE_PIXELS, schema.IMAGE_PIXELS, 1),
-        schema.INPUT_PARTICLES: (schema.MAX_PARTICLES, len(schema.PARTICLE_FEATURES)),
-    }
-    if input_name not in shapes:
-        raise WtagError(f"unknown model input '{input_name}' (known: {', '.join(shapes)})")
-    return shapes[input_name]
-
-
-__all__ = ["REGISTRY", "TAGGER_NAMES", "Tagger", "TrainConfig", "build_tagger", "expected_shape", "tagger_class"]
+__all__ = ["REGISTRY", "TAGGER_NAMES", "Tagger", "TrainConfig", "build_tagger", "tagger_class"]

@@ -10,6 +10,7 @@ import numpy as np
 
 from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
+from wtag.schema import expected_shape
 
 EpochCallback = Callable[[int, Mapping[str, float]], None]
 
@@ -74,8 +75,6 @@ class Tagger(abc.ABC):
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Fail with a message naming the input when a required array is missing or mis-shaped."""
-        from wtag.taggers import expected_shape
-
         for name in self.inputs:
             if name not in inputs:
                 raise WtagError(f"tagger '{self.name}' needs input '{name}', got {', '.join(inputs) or 'none'}")

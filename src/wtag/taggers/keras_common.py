@@ -61,7 +61,7 @@ def standardize(mean: Sequence[float], std: Sequence[float], name: str) -> keras
 
 def particle_mask(particles: keras.KerasTensor) -> keras.KerasTensor:
     """Boolean (N, MAX_PARTICLES) mask of real particles, from the RAW pT column (padded rows have pt == 0)."""
-    return keras.ops.greater(particles[..., schema.PARTICLE_FEATURES.index("pt")], 0.0)
+    return keras.ops.greater(particles[..., schema.PARTICLE_PT], 0.0)
 
 
 def standardized_particles(particles: keras.KerasTensor, standardization: Standardization
@@ -139,7 +139,7 @@ class KerasTagger(Tagger):
 
         Both take a dict ``{input name: array}``, the form MLflow's pyfunc passes for a named signature.
         """
-        raw = keras.Input(shape=_input_shape(self.input_name), dtype="float32", name=self.input_name)
+        raw = keras.Input(shape=schema.expected_shape(self.input_name), dtype="float32", name=self.input_name)
         prob = self.build_network(raw)
         train_model = keras.Model({self.input_name: raw}, prob, name=f"{self.name}_train")
         score = keras.ops.squeeze(prob, axis=-1)
@@ -222,7 +222,7 @@ class KerasTagger(Tagger):
         import tf2onnx
 
         model = self.model
-        spec = tf.TensorSpec((None, *_input_shape(self.input_name)), tf.float32, name=self.input_name)
+        spec = tf.TensorSpec((None, *schema.expected_shape(self.input_name)), tf.float32, name=self.input_name)
 
         @tf.function(input_signature=[spec])
         def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -258,12 +258,6 @@ def _check_config(config: TrainConfig) -> None:
     if problems:
         raise WtagError(f"training parameters out of range: {', '.join(problems)} (need epochs >= 1, "
                         "batch_size >= 1, learning_rate > 0, patience >= 0)")
-
-
-def _input_shape(name: str) -> tuple[int, ...]:
-    from wtag.taggers import expected_shape
-
-    return expected_shape(name)
 
 
 def dense_stack(x: keras.KerasTensor, units: Sequence[int], dropout: float, prefix: str,

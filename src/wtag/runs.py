@@ -1,0 +1,172 @@
+"""Finding and reading MLflow runs: what every step needs to locate tagger runs, datasets, models and scores.
+
+The steps (prepare, train, evaluate, export) are peers that never import each other; they share this layer.
+Tag keys, entry-point names and artifact names come from ``wtag.schema``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wtag import schema
+from wtag.dataset import PreparedDataset, load_prepared
+from wtag.errors import WtagError
+from wtag.schema import Artifact, EntryPoint, Tag
+
+
+def _client() -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def finished_runs(experiment_id: str, entry_point: str, max_results: int = 1000) -> list[Any]:
+    """FINISHED runs of one entry point, newest first."""
+    return list(_client().search_runs(
+        [experiment_id], filter_string=f"tags.`{Tag.ENTRY_POINT}` = '{entry_point}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=max_results))
+
+
+def tagger_runs(experiment_id: str, dataset_digest: str | None = None) -> list[Any]:
+    """The newest FINISHED tagger run per tagger trained on ``dataset_digest`` (default: the newest run's).
+
+    Raises WtagError when there is none, naming the experiment and digest.
+    """
+    runs = finished_runs(experiment_id, EntryPoint.TRAIN_TAGGER)
+    if not runs:
+        raise WtagError(f"experiment {experiment_id} has no finished tagger runs (run the train step first)")
+    digest = dataset_digest or runs[0].data.params.get("dataset_digest")
+    newest: dict[str, Any] = {}
+    for run in runs:
+        name = run.data.tags.get(Tag.TAGGER)
+        if run.data.params.get("dataset_digest") == digest and name and name not in newest:
+            newest[name] = run
+    if not newest:
+        raise WtagError(f"experiment {experiment_id} has no finished tagger runs on dataset {digest}")
+    return list(newest.values())
+
+
+def find_dataset(experiment_id: str, dataset_digest: str) -> PreparedDataset:
+    """The prepared dataset with ``dataset_digest``, found through the prepare run that logged it."""
+    runs = finished_runs(experiment_id, EntryPoint.PREPARE)
+    paths = [r.data.params["dataset_path"] for r in runs
+             if r.data.params.get("dataset_digest") == dataset_digest and r.data.params.get("dataset_path")]
+    if not paths:
+        raise WtagError(f"no finished prepare run in experiment {experiment_id} logged dataset {dataset_digest}")
+    for path in paths:
+        if (Path(path) / Artifact.MANIFEST).is_file():
+            ds = load_prepared(path)
+            if ds.digest == dataset_digest:
+                return ds
+    raise WtagError(f"prepared dataset {dataset_digest[:12]} is gone from {', '.join(dict.fromkeys(paths))} "
+                    "(re-run the prepare step with the same parameters)")
+
+
+def model_uri(run_id: str, name: str = Artifact.MODEL) -> str:
+    """URI of the model logged as ``name`` in a run.
+
+    MLflow 3 stores models as LoggedModels (``models:/m-<id>``) outside the run's artifacts; the run lists
+    them among its outputs. ``runs:/<id>/<name>`` still resolves, and is the fallback for older runs.
+    """
+    client = _client()
+    run = client.get_run(run_id)
+    outputs = getattr(run, "outputs", None)
+    for output in getattr(outputs, "model_outputs", None) or []:
+        logged = client.get_logged_model(output.model_id)
+        if logged.name == name:
+            return str(logged.model_uri)
+    return f"runs:/{run_id}/{name}"
+
+
+def train_config(params: Mapping[str, str]) -> Any:
+    """The TrainConfig a tagger run was trained with, rebuilt from its logged parameters."""
+    from wtag.taggers import TrainConfig
+
+    def parse(text: str, kind: type) -> Any:
+        if kind is bool:
+            return text == "True"
+        if kind is int:
+            return int(float(text))  # MLproject passes integers as floats ("30.0")
+        return kind(text)
+
+    return TrainConfig(**{f.name: parse(params[f.name], type(f.default)) for f in dataclasses.fields(TrainConfig)
+                          if f.name in params})
+
+
+def load_tagger(run: Any, ds: PreparedDataset, uri: str | None = None) -> Any:
+    """Rebuild the native tagger of a tagger run (its class from the tagger tag)."""
+    from wtag.taggers import tagger_class
+
+    name = run.data.tags.get(Tag.TAGGER, "")
+    cls = tagger_class(name)
+    return cls.load_logged(uri or model_uri(run.info.run_id), train_config(run.data.params), ds.standardization)
+
+
+def read_test_scores(run_id: str, dst: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(label, score) of a tagger run's held-out test jets, from its ``test_scores.npz`` artifact."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=Artifact.TEST_SCORES, dst_path=str(dst))
+    except MlflowException:
+        raise WtagError(f"tagger run {run_id} has no {Artifact.TEST_SCORES} artifact (not logged by the train step)") from None
+    with np.load(path, allow_pickle=False) as data:
+        return data["label"], data["score"]
+
+
+def champion_of_newest_evaluation(experiment_id: str) -> str:
+    """The champion tagger run chosen by the newest finished ``evaluate`` run."""
+    for run in finished_runs(experiment_id, EntryPoint.EVALUATE, max_results=50):
+        if run.data.tags.get(Tag.CHAMPION_RUN_ID):
+            return str(run.data.tags[Tag.CHAMPION_RUN_ID])
+    raise WtagError(f"experiment {experiment_id} has no finished evaluation run: run the evaluate step or pass "
+                    "-P run_id=<tagger run>")
+
+
+def tagger_run(run_id: str) -> Any:
+    """A FINISHED tagger training run by id; WtagError naming the run for anything else."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = _client().get_run(run_id)
+    except MlflowException:
+        raise WtagError(f"run_id {run_id}: no such run on the tracking server") from None
+    if run.data.tags.get(Tag.ENTRY_POINT) != EntryPoint.TRAIN_TAGGER or not run.data.tags.get(Tag.TAGGER):
+        raise WtagError(f"run_id {run_id}: not a tagger training run (tag {Tag.ENTRY_POINT} = "
+                        f"'{run.data.tags.get(Tag.ENTRY_POINT, '')}')")
+    if run.info.status != "FINISHED":
+        raise WtagError(f"run_id {run_id}: tagger run is {run.info.status}, not FINISHED")
+    return run
+
+
+def mlflow_dataset(ds: PreparedDataset, split_name: str):
+    """The split as an MLflow dataset (the high-level table, or the images for the images-only source),
+    named and digested by the prepared dataset's content digest."""
+    import mlflow
+    import pandas as pd
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    # The local-artifact source is registered twice in MLflow 3.17, so resolving a path warns; build it.
+    local_source = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+    source = local_source(str(ds.root.resolve()))
+    name = f"wtag-{ds.source}-{split_name}"  # MLflow keeps one context per (name, digest)
+    split = ds.split(split_name)
+    if split.hl is not None:
+        frame = pd.DataFrame(split.hl, columns=list(schema.HL_FEATURES))
+        frame["label"] = split.label.astype(np.float64)  # integer columns make MLflow warn about NaN
+        frame["weight"] = split.weight
+        return mlflow.data.from_pandas(frame, source=source, targets="label", name=name, digest=ds.digest[:16])
+    return mlflow.data.from_numpy(split.images, targets=split.label, source=source, name=name,
+                                  digest=ds.digest[:16])
+
+
+def log_dataset_input(ds: PreparedDataset, split_name: str) -> None:
+    """Record the split as an input of the active run (``mlflow.log_input``)."""
+    import mlflow
+
+    mlflow.log_input(mlflow_dataset(ds, split_name), context=split_name)
