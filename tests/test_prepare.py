@@ -16,6 +16,8 @@ from wtag.tracking import configure
     ({"source": "cms-images"}, "needs input files"),
     ({"signal": "zjets"}, "unknown signal process"),
     ({"pileup": -1.0}, "pileup=-1.0"),
+    ({"source": "pythia", "max_jets": 5}, "max_jets=5 caps imported files"),
+    ({"source": "cms-images", "inputs": ("x.h5",), "max_jets": -1}, "max_jets=-1 must be >= 0"),
 ])
 def test_bad_parameters_are_named(kwargs, needle):
     with pytest.raises(WtagError, match=needle):
@@ -63,13 +65,13 @@ def test_collision_data_cannot_be_trained_on(shared_data, tmp_path):
 def test_prepare_step_logs_dataset_manifest_and_plots_then_reuses(shared_data, tmp_path, tracking_uri):
     exp = configure(tracking_uri, "wtag-test-prepare")
     config = PrepareConfig(source="cms-images", inputs=(str(shared_data / "cms2011_tt_qcd_jet_images.h5"),),
-                           n_jets=600)
+                           max_jets=600)
     run_id, ds = prepare_step(config, tmp_path, exp, progress=False)
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["dataset_digest"] == ds.digest
-    assert run.data.params["n_jets"] == "600"
+    assert run.data.params["max_jets"] == "600"
     assert sum(int(run.data.params[f"n_{s}"]) for s in ("train", "val", "test")) == 600
     contexts = {d.tags[0].value for d in run.inputs.dataset_inputs}
     assert contexts == {"train", "val", "test"}

@@ -6,21 +6,26 @@ token); everything below takes typed arguments.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from wtag import schema
 from wtag.errors import exit_status
+from wtag.evaluation import CHAMPION_METRICS, DEFAULT_METRIC
+from wtag.prepare import DEFAULT_DATA_DIR, SOURCES, PrepareConfig
+from wtag.taggers.base import TrainConfig
+from wtag.tracking import DEFAULT_EXPERIMENT, tracking_uri_from_env
+from wtag.tracking_server import DEFAULT_DIR, DEFAULT_HOST, DEFAULT_PORT
+from wtag.training import ALL_TAGGERS
 
-DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
-DEFAULT_DATA_DIR = Path("data")
-# Jets per class in the default simulated sample: sized so `train -P model=all` fits 30 minutes on 2 cores.
-DEFAULT_N_JETS = 6000
-
-
-def _tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+# Entry-point group through which other installed packages add subcommands (``serving`` adds ``serve``), so
+# that wtag never imports them.
+COMMAND_PLUGINS = "wtag.commands"
+# "default" as a parameter value: the library's own default (one place declares each).
+DEFAULT_WORD = "default"
 
 
 def _adopt_mlflow_run(experiment_id: str) -> str | None:
@@ -61,6 +66,7 @@ def _positive_int(text: str) -> int:
 
 
 def _n_jets(text: str) -> int | None:
+    """Jets per class to simulate; ``auto`` (MLproject's default) means PrepareConfig's default."""
     if text == "auto":
         return None
     try:
@@ -69,43 +75,61 @@ def _n_jets(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of jets or 'auto'") from None
 
 
+def _pileup(text: str) -> float | None:
+    """Mean pileup interactions; ``default`` means the generator's tuned value."""
+    if text in ("", DEFAULT_WORD):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or '{DEFAULT_WORD}'") from None
+
+
+def _add_experiment_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+
+
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", default="pythia", choices=["pythia", "cms-ntuple", "cms-images"],
+    d = PrepareConfig
+    p.add_argument("--source", default=d.source, choices=SOURCES,
                    help="pythia: embedded Pythia 8 + FastJet simulation; cms-ntuple / cms-images: real files")
-    p.add_argument("--n-jets", type=_n_jets, default=None,
-                   help="jets per class to generate (pythia), or a cap on the total (imports, 0 = all); "
-                        f"'auto': {DEFAULT_N_JETS} per class for pythia, all for imports")
-    p.add_argument("--seed", type=_int, default=1, help="seed of generation and of the train/val/test split")
+    p.add_argument("--n-jets", type=_n_jets, default="auto",
+                   help=f"jets per class to simulate (pythia); 'auto': {d.n_jets}")
+    p.add_argument("--max-jets", type=_int, default=d.max_jets,
+                   help="cap on the total number of jets taken from imported files (0: all)")
+    p.add_argument("--seed", type=_int, default=d.seed, help="seed of generation and of the train/val/test split")
     p.add_argument("--input", default="", help="comma-separated input files or URLs (cms-ntuple, cms-images)")
-    p.add_argument("--signal", default="ttbar", choices=["ttbar", "wjets"], help="simulated W-jet process")
-    p.add_argument("--pileup", default="default", help="mean pileup interactions (default: the tuned value)")
+    p.add_argument("--signal", default=d.signal, choices=schema.SIGNAL_PROCESSES, help="simulated W-jet process")
+    p.add_argument("--pileup", type=_pileup, default=DEFAULT_WORD,
+                   help="mean pileup interactions ('default': the tuned value)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where generated/prepared data live")
     p.add_argument("--workers", type=_int, default=0, help="generator processes (0: all cores)")
-    p.add_argument("--experiment", default="wtag", help="MLflow experiment name")
+    _add_experiment_arg(p)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="all", help="'all' or comma-separated tagger names")
-    p.add_argument("--epochs", type=_positive_int, default=30)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--patience", type=_positive_int, default=5)
-    p.add_argument("--train-seed", type=_int, default=42, help="seed of weight initialisation and shuffling")
+    d = TrainConfig
+    p.add_argument("--model", default=ALL_TAGGERS, help=f"'{ALL_TAGGERS}' or comma-separated tagger names")
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--patience", type=_positive_int, default=d.patience)
+    p.add_argument("--train-seed", type=_int, default=d.seed, help="seed of weight initialisation and shuffling")
 
 
-def _prepare_config(args: argparse.Namespace):
-    from wtag.prepare import PrepareConfig
+def _add_metric_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", default=DEFAULT_METRIC, choices=CHAMPION_METRICS,
+                   help="test metric that picks the champion")
 
-    n_jets = args.n_jets if args.n_jets is not None else (DEFAULT_N_JETS if args.source == "pythia" else 0)
-    pileup = None if str(args.pileup) in ("", "default") else float(args.pileup)
+
+def _prepare_config(args: argparse.Namespace) -> PrepareConfig:
     inputs = tuple(s.strip() for s in args.input.split(",") if s.strip())
-    return PrepareConfig(source=args.source, n_jets=n_jets, seed=args.seed, inputs=inputs, signal=args.signal,
-                         pileup=pileup)
+    sample = {} if args.n_jets is None else {"n_jets": args.n_jets}
+    return PrepareConfig(source=args.source, max_jets=args.max_jets, seed=args.seed, inputs=inputs,
+                         signal=args.signal, pileup=args.pileup, **sample)
 
 
-def _train_config(args: argparse.Namespace):
-    from wtag.taggers import TrainConfig
-
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        patience=args.patience, seed=args.train_seed)
 
@@ -141,7 +165,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from wtag.tracking import configure
 
     config = _prepare_config(args)
-    experiment_id = configure(_tracking_uri(), args.experiment)
+    experiment_id = configure(tracking_uri_from_env(), args.experiment)
     run_id, ds = prepare_step(config, args.data_dir, experiment_id, workers=args.workers or None,
                               run_id=_adopt_mlflow_run(experiment_id))
     print(f"prepared dataset {ds.digest} at {ds.root} (run {run_id})")
@@ -154,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _prepare_config(args)
     train_config = _train_config(args)
-    experiment_id = configure(_tracking_uri(), args.experiment)
+    experiment_id = configure(tracking_uri_from_env(), args.experiment)
     run_id = train_step(config, args.data_dir, experiment_id, args.model, train_config,
                         workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id))
     print(f"training run {run_id}")
@@ -165,7 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from wtag.evaluation import evaluate_step
     from wtag.tracking import configure
 
-    experiment_id = configure(_tracking_uri(), args.experiment)
+    experiment_id = configure(tracking_uri_from_env(), args.experiment)
     eval_run, champion = evaluate_step(experiment_id, args.dataset_digest or None, args.metric,
                                        run_id=_adopt_mlflow_run(experiment_id))
     print(f"evaluation run {eval_run}; champion run {champion}")
@@ -176,7 +200,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from wtag.onnx_export import export_step
     from wtag.tracking import configure
 
-    experiment_id = configure(_tracking_uri(), args.experiment)
+    experiment_id = configure(tracking_uri_from_env(), args.experiment)
     export_run, version = export_step(experiment_id, args.run_id or None, alias=args.alias,
                                       export_run_id=_adopt_mlflow_run(experiment_id))
     print(f"export run {export_run}; registered model version {version}")
@@ -187,29 +211,15 @@ def cmd_main(args: argparse.Namespace) -> int:
     from wtag.pipeline import main_pipeline
     from wtag.tracking import configure
 
-    experiment_id = configure(_tracking_uri(), args.experiment)
+    experiment_id = configure(tracking_uri_from_env(), args.experiment)
     steps = main_pipeline(_prepare_config(args), args.data_dir, experiment_id, args.model, _train_config(args),
                           args.metric, workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id))
     print(" ".join(f"{k}={v}" for k, v in steps.items()))
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from serving.app import run
-    from serving.settings import ServerSettings
-
-    if args.model.startswith(("models:/", "runs:/")):
-        import mlflow
-
-        mlflow.set_tracking_uri(_tracking_uri())
-    settings = ServerSettings.from_env(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-                                       max_body_bytes=int(args.max_body_mb * 1024 * 1024), device=args.device)
-    run(args.model, host=args.host, port=args.port, settings=settings)
-    return 0
-
-
 def cmd_tracking_server(args: argparse.Namespace) -> int:
-    from wtag.tracking import ServerPaths, is_healthy, start_server, stop_server
+    from wtag.tracking_server import ServerPaths, is_healthy, start_server, stop_server
 
     paths = ServerPaths(args.dir)
     uri = f"http://{args.host}:{args.port}"
@@ -230,17 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="generate W or QCD jets with Pythia 8 + FastJet")
-    p.add_argument("--process", required=True, choices=["ttbar", "wjets", "qcd"])
+    p.add_argument("--process", required=True, choices=schema.PROCESSES)
     p.add_argument("--n-jets", type=_positive_int, required=True)
-    p.add_argument("--seed", type=_int, default=1)
+    p.add_argument("--seed", type=_int, default=PrepareConfig.seed)
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--workers", type=_int, default=0, help="processes (0: all cores)")
-    p.add_argument("--pileup", type=float, default=None, help="mean pileup interactions (default: tuned value)")
+    p.add_argument("--pileup", type=_pileup, default=DEFAULT_WORD,
+                   help="mean pileup interactions ('default': the tuned value)")
     p.add_argument("--no-detector", action="store_true", help="particle level: no detector response, no pileup")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("import", help="convert real CMS files to the canonical form")
-    p.add_argument("--format", required=True, choices=["cms-ntuple", "cms-images"])
+    p.add_argument("--format", required=True, choices=[s for s in SOURCES if s != "pythia"])
     p.add_argument("inputs", nargs="+", help="local paths, https:// or root:// URLs")
     p.add_argument("--output", type=Path, required=True)
     p.set_defaults(func=cmd_import)
@@ -255,39 +266,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="compare tagger runs on one dataset and pick the champion")
-    p.add_argument("--experiment", default="wtag")
-    p.add_argument("--metric", default="test_r50")
+    _add_experiment_arg(p)
+    _add_metric_arg(p)
     p.add_argument("--dataset-digest", default="", help="default: the newest tagger run's dataset")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a tagger run to ONNX, check parity, register, move the alias")
-    p.add_argument("--experiment", default="wtag")
+    _add_experiment_arg(p)
     p.add_argument("--run-id", default="", help="tagger run to export (default: the newest evaluation's champion)")
-    p.add_argument("--alias", default="champion")
+    p.add_argument("--alias", default=schema.CHAMPION_ALIAS)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("main", help="prepare -> train -> evaluate -> export, reusing finished steps")
     _add_prepare_args(p)
     _add_train_args(p)
-    p.add_argument("--metric", default="test_r50")
+    _add_metric_arg(p)
     p.set_defaults(func=cmd_main)
-
-    p = sub.add_parser("serve", help="serve a model over REST with ONNX Runtime")
-    p.add_argument("--model", default="models:/wtag@champion", help="registry URI, runs:/ URI or .onnx path")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_int, default=8080)
-    p.add_argument("--max-batch-size", type=_positive_int, default=16384)
-    p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
-    p.add_argument("--max-body-mb", type=float, default=256.0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("tracking-server", help="start/stop the local MLflow tracking server")
     p.add_argument("action", choices=["start", "stop", "status"])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_int, default=5000)
-    p.add_argument("--dir", type=Path, default=DEFAULT_DATA_DIR / "mlflow", help="store, artifacts, pid file")
+    p.add_argument("--host", default=DEFAULT_HOST)
+    p.add_argument("--port", type=_int, default=DEFAULT_PORT)
+    p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="store, artifacts, pid file")
     p.set_defaults(func=cmd_tracking_server)
+
+    for plugin in importlib.metadata.entry_points(group=COMMAND_PLUGINS):
+        plugin.load()(sub)
     return parser
 
 

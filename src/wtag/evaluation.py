@@ -29,6 +29,7 @@ from wtag.runs import find_dataset, model_uri, read_test_scores, tagger_runs, tr
 from wtag.schema import Artifact, EntryPoint, Tag
 
 # metric -> True when larger is better.
+DEFAULT_METRIC = "test_r50"
 CHAMPION_METRICS: dict[str, bool] = {"test_r50": True, "test_r30": True, "test_auc": True,
                                      "test_mass_sculpting": False}
 TABLE_METRICS = ("test_auc", "test_r50", "test_r30", "test_mass_sculpting", "test_accuracy")
@@ -290,7 +291,7 @@ def _eval_params(metric: str, digest: str, train_run_id: str | None, candidates:
             "candidate_runs": ",".join(sorted(candidates))}
 
 
-def evaluate_step(experiment_id: str, dataset_digest: str | None, metric: str = "test_r50",
+def evaluate_step(experiment_id: str, dataset_digest: str | None, metric: str = DEFAULT_METRIC,
                   train_run_id: str | None = None, run_id: str | None = None, timing: bool = True,
                   onnx_too: bool = True) -> tuple[str, str]:
     """Compare the taggers of one dataset, log an ``evaluate`` run, and return (its run id, champion run id).

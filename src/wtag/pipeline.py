@@ -62,8 +62,8 @@ def prepare_step(config: PrepareConfig, data_dir: Path, experiment_id: str, work
                 ds = load_prepared(root)
                 _say(f"prepare: reusing run {previous.info.run_id} (dataset {ds.digest[:8]})")
                 return str(previous.info.run_id), ds
-    description = f"prepare {config.source} jets (n_jets={config.n_jets}, seed={config.seed})"
-    with tracked_run(EntryPoint.PREPARE, f"prepare-{config.source}-{config.n_jets}", description, params,
+    description = f"prepare {config.source} jets ({config.sample_size()}, seed={config.seed})"
+    with tracked_run(EntryPoint.PREPARE, f"prepare-{config.source}-{config.sample_size()}", description, params,
                      run_id=run_id) as run:
         ds = prepare(config, data_dir, workers=workers, progress=progress)
         log_prepared(ds)
@@ -98,7 +98,7 @@ def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, mod
 
     params = {**config.params(), "model": model, "metric": metric, **train_config.params()}
     description = f"pipeline: prepare {config.source}, train {model}, evaluate by {metric}, export champion"
-    with tracked_run(EntryPoint.MAIN, f"main-{config.source}-{config.n_jets}", description, params, run_id=run_id):
+    with tracked_run(EntryPoint.MAIN, f"main-{config.source}-{config.sample_size()}", description, params, run_id=run_id):
         import mlflow
 
         train_run = train_step(config, data_dir, experiment_id, model, train_config, workers=workers, reuse=True)

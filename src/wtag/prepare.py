@@ -28,19 +28,22 @@ from wtag.dataset import (
 from wtag.errors import WtagError
 
 SOURCES = ("pythia", "cms-ntuple", "cms-images")
-SIGNAL_PROCESSES = ("ttbar", "wjets")
+SIGNAL_PROCESSES = schema.SIGNAL_PROCESSES
+DEFAULT_DATA_DIR = Path("data")
 
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
     """Everything that defines a prepared dataset (the MLproject ``prepare`` parameters).
 
-    ``n_jets`` is per class for the simulation and a cap on the total for imported files (0: all jets).
-    ``pileup`` None means the generator's tuned default.
+    ``n_jets`` is the number of jets per class the simulation generates (sized so that ``train -P model=all``
+    fits 30 minutes on 2 cores); ``max_jets`` caps the total taken from imported files (0: all jets).
+    ``pileup`` None means the generator's tuned default. These defaults are the only ones: the CLI reads them.
     """
 
     source: str = "pythia"
     n_jets: int = 6000
+    max_jets: int = 0
     seed: int = 1
     inputs: tuple[str, ...] = ()
     signal: str = "ttbar"
@@ -53,16 +56,27 @@ class PrepareConfig:
             raise WtagError(f"unknown source '{self.source}' (known: {', '.join(SOURCES)})")
         if self.signal not in SIGNAL_PROCESSES:
             raise WtagError(f"unknown signal process '{self.signal}' (known: {', '.join(SIGNAL_PROCESSES)})")
-        if self.n_jets < 0 or (self.source == "pythia" and self.n_jets == 0):
-            raise WtagError(f"n_jets={self.n_jets} must be positive (0 = all jets, for imported files only)")
+        if self.n_jets <= 0:
+            raise WtagError(f"n_jets={self.n_jets} must be positive (jets per class to simulate)")
+        if self.max_jets < 0:
+            raise WtagError(f"max_jets={self.max_jets} must be >= 0 (0 = all imported jets)")
+        if self.source == "pythia" and self.max_jets:
+            raise WtagError(f"max_jets={self.max_jets} caps imported files; the simulation takes n_jets per class")
         if self.source != "pythia" and not self.inputs:
             raise WtagError(f"source '{self.source}' needs input files (-P input=PATH[,PATH...])")
         if self.pileup is not None and self.pileup < 0:
             raise WtagError(f"pileup={self.pileup} must be >= 0")
 
+    def sample_size(self) -> str:
+        """How many jets, in the words of the source: per class simulated, or the cap on imported jets."""
+        if self.source == "pythia":
+            return f"n_jets={self.n_jets}"
+        return f"max_jets={self.max_jets or 'all'}"
+
     def params(self) -> dict[str, object]:
         """Parameters as logged to MLflow; also what the reuse key hashes."""
-        return {"source": self.source, "n_jets": self.n_jets, "seed": self.seed,
+        sample = {"n_jets": self.n_jets} if self.source == "pythia" else {"max_jets": self.max_jets}
+        return {"source": self.source, **sample, "seed": self.seed,
                 "input": ",".join(self.inputs), "signal": self.signal,
                 "pileup": "default" if self.pileup is None else self.pileup,
                 "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
@@ -141,8 +155,8 @@ def _splits_from_images(config: PrepareConfig, data_dir: Path) -> dict[str, Spli
     images = np.concatenate(images_parts)
     label = np.concatenate(label_parts).astype(np.int32)
     _require_both_classes(label)
-    if config.n_jets:
-        keep = _cap_index(label, config.n_jets, config.seed)
+    if config.max_jets:
+        keep = _cap_index(label, config.max_jets, config.seed)
         images, label = images[keep], label[keep]
     stats = image_statistics(images)
     pt = stats["total_pt"].astype(np.float32)
@@ -166,9 +180,9 @@ def _cap_index(label: np.ndarray, n_total: int, seed: int) -> np.ndarray:
 
 
 def _cap_per_class(jets: ak.Array, label: np.ndarray, config: PrepareConfig) -> tuple[ak.Array, np.ndarray]:
-    if config.source == "pythia" or not config.n_jets:
+    if config.source == "pythia" or not config.max_jets:
         return jets, label
-    keep = _cap_index(label, config.n_jets, config.seed)
+    keep = _cap_index(label, config.max_jets, config.seed)
     return jets[keep], label[keep]
 
 

@@ -40,6 +40,11 @@ INT_BRANCHES = frozenset({"jet_ncand_ak7", "jet_isW_ak7", "run", "lumi", "event"
 CAND_BRANCHES = ("ak7pfcand_pt", "ak7pfcand_eta", "ak7pfcand_phi", "ak7pfcand_id", "ak7pfcand_charge")
 INT_CAND_BRANCHES = frozenset({"ak7pfcand_id", "ak7pfcand_charge"})
 
+# Simulated processes: W-jet signal (ttbar or W+jets, W -> qq) and the QCD multijet background.
+SIGNAL_PROCESSES = ("ttbar", "wjets")
+BACKGROUND_PROCESS = "qcd"
+PROCESSES = (*SIGNAL_PROCESSES, BACKGROUND_PROCESS)
+
 # isW: 1 merged W jet, 0 QCD jet, -1 unknown (collision data).
 LABEL_UNKNOWN = -1
 

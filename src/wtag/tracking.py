@@ -18,9 +18,15 @@ from typing import Any
 
 from wtag.errors import WtagError
 from wtag.schema import Tag
-from wtag.tracking_server import is_healthy
+from wtag.tracking_server import DEFAULT_HOST, DEFAULT_PORT, is_healthy
 
 DEFAULT_EXPERIMENT = "wtag"
+DEFAULT_TRACKING_URI = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+
+def tracking_uri_from_env() -> str:
+    """``MLFLOW_TRACKING_URI``, or the local server ``make tracking`` starts. Called at the edges only."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def require_server(uri: str, timeout: float = 5.0) -> None:

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from wtag.errors import WtagError
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5000
+DEFAULT_DIR = Path("data") / "mlflow"
+
 
 @dataclass(frozen=True)
 class ServerPaths:
@@ -41,7 +45,7 @@ class ServerPaths:
         return self.root / "server.log"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = DEFAULT_HOST) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -56,7 +60,7 @@ def is_healthy(uri: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def start_server(paths: ServerPaths, host: str = "127.0.0.1", port: int = 5000, timeout: float = 120.0) -> str:
+def start_server(paths: ServerPaths, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 120.0) -> str:
     """Start ``mlflow server`` in its own process group (SQLite store, local artifact destination).
 
     Job execution is disabled: otherwise the server forks seven job workers (~2 GB) we never use. Returns the

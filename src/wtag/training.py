@@ -21,6 +21,9 @@ from wtag.schema import Artifact, EntryPoint, Tag
 from wtag.taggers import TAGGER_NAMES, Tagger, TrainConfig, build_tagger, tagger_class
 
 
+ALL_TAGGERS = "all"
+
+
 @dataclasses.dataclass
 class TaggerResult:
     name: str
@@ -31,7 +34,7 @@ class TaggerResult:
 
 def resolve_models(model: str) -> list[str]:
     """``all`` or a comma-separated list of tagger names, validated."""
-    names = list(TAGGER_NAMES) if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
+    names = list(TAGGER_NAMES) if model == ALL_TAGGERS else [m.strip() for m in model.split(",") if m.strip()]
     if not names:
         raise WtagError("model parameter is empty (use 'all' or tagger names)")
     for name in names:

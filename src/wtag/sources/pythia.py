@@ -51,7 +51,7 @@ from wtag.features.substructure import substructure
 from wtag.jets import make_jets, write_jets
 from wtag.sources import detector as det
 
-PROCESSES = ("ttbar", "wjets", "qcd")
+PROCESSES = schema.PROCESSES
 ECM_GEV = 7000.0
 # Tuned on the real 2011 CMS jet images (README, generator section): mean number of inelastic pp interactions
 # overlaid on each hard event; 2011 runs averaged ~6 (early) to ~15 (late) pileup interactions.
