@@ -43,7 +43,7 @@ serve: setup
 	$(BIN)/wtag serve --model models:/wtag@champion --port $(SERVE_PORT)
 
 bench: setup
-	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/generate.py speed
 	$(BIN)/python bench/serve.py
 
 test: setup

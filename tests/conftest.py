@@ -75,3 +75,34 @@ def trained_all(tracking_server: str, tmp_path_factory: pytest.TempPathFactory):
     proc = mlflow_run("train", params, tracking_server, TRAIN_EXPERIMENT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tracking_server, TRAIN_EXPERIMENT, data_dir, params, proc
+
+
+@pytest.fixture
+def mlflow_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A throwaway SQLite tracking store with artifacts under tmp_path."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow.create_experiment("keras-tests", artifact_location=(tmp_path / "artifacts").as_uri())
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def keras_trained():
+    """``keras_trained(name)``: (tagger, validation split, history) of a Keras tagger fitted on synthetic jets as
+    FIT_SPECS says, trained once per session and shared by the common and the per-family tests."""
+    from keras_helpers import fit_spec, fitted
+
+    cache: dict[str, tuple] = {}
+
+    def get(name: str) -> tuple:
+        if name not in cache:
+            spec = fit_spec(name)
+            cache[name] = fitted(name, n_train=spec.n_train, n_val=spec.n_val, epochs=spec.epochs)
+        return cache[name]
+
+    return get

@@ -28,3 +28,29 @@ def test_mlproject_style_numbers_are_accepted():
         build_parser().parse_args(["train", "--epochs", "2.5"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--epochs", "0"])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["generate", "--process", "qcd", "--n-jets", "10", "--output", "DATA/out", "--pileup", "-2"],
+     "pileup must be a finite number >= 0"),
+    (["generate", "--process", "qcd", "--n-jets", "10", "--output", "DATA/out", "--workers", "-1"],
+     "workers must be a positive integer"),
+    (["generate", "--process", "qcd", "--n-jets", "10", "--output", "DATA/out", "--seed", "-5"],
+     "seed must be an integer in"),
+    (["import", "--format", "cms-ntuple", "DATA/missing.npy", "--output", "DATA/out"], "missing.npy"),
+    (["import", "--format", "cms-ntuple", "DATA/notes.txt", "--output", "DATA/out"], "not a NumPy .npy file"),
+    (["import", "--format", "cms-images", "DATA/notes.txt", "--output", "DATA/out"], "notes.txt"),
+    (["tracking-server", "start", "--port", "70000", "--dir", "DATA/mlflow"], "port 70000 is not a TCP port"),
+    (["tracking-server", "start", "--dir", "DATA/notes.txt"], "exists and is not a directory"),
+    (["serve", "--model", "DATA/missing.onnx", "--port", "1"], "missing.onnx"),
+    (["serve", "--model", "DATA/notes.txt", "--max-batch-size", "0"], "max_batch_size must be >= 1"),
+])
+def test_bad_input_to_the_other_commands_is_one_line_with_exit_code_2(argv, needle, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a data file\n")
+    argv = [a.replace("DATA", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("wtag ")]
+    assert len(errors) == 1 and needle in errors[0] and errors[0] == err.strip().splitlines()[-1], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.root"))

@@ -7,32 +7,19 @@ import keras
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from test_keras_common import (  # noqa: F401 - mlflow_experiment is a fixture
-    MLFLOW_WARNINGS,
-    check_history,
-    check_mlflow_roundtrip,
-    check_onnx_parity,
-    check_rejects_misshaped,
-    check_scores,
-    check_weights_change_loss,
-    fitted,
-    mlflow_experiment,
-    synthetic_split,
-    tiny_config,
-)
+from keras_helpers import tiny_config
 
 from wtag.dataset import Split, Standardization, stratified_split
 from wtag.errors import WtagError
 from wtag.taggers import build_tagger
 from wtag.taggers.cnn import CNNTagger, TutorialCNNTagger
 
-EPOCHS = 2
 NAMES = ("cnn_tutorial", "cnn")
 
 
-@pytest.fixture(scope="module", params=NAMES)
-def trained(request: pytest.FixtureRequest) -> tuple:
-    return fitted(request.param, n_train=192, n_val=300, epochs=EPOCHS)
+@pytest.fixture(params=NAMES)
+def trained(request: pytest.FixtureRequest, keras_trained) -> tuple:
+    return keras_trained(request.param)
 
 
 def _layers(name: str) -> list[keras.layers.Layer]:
@@ -82,42 +69,11 @@ def test_needs_an_image_scale() -> None:
 
 
 @pytest.mark.slow
-def test_trains_and_scores(trained: tuple) -> None:
-    tagger, val, history = trained
-    check_history(history, EPOCHS)
-    check_scores(tagger, val)
-
-
-@pytest.mark.slow
 def test_scores_scale_with_raw_pixel_pt(trained: tuple) -> None:
     """The graph divides by image_scale itself, so it must see raw GeV: rescaled images score differently."""
     tagger, val, _ = trained
     images = val.images[:50]
     assert np.max(np.abs(tagger.predict({"images": images}) - tagger.predict({"images": images / 300.0}))) > 1e-3
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-def test_weights_change_the_loss(name: str) -> None:
-    check_weights_change_loss(name)
-
-
-@pytest.mark.slow
-def test_rejects_misshaped_input(trained: tuple) -> None:
-    check_rejects_misshaped(trained[0])
-
-
-@pytest.mark.slow
-@MLFLOW_WARNINGS
-def test_mlflow_log_pyfunc_and_load_logged(trained: tuple, mlflow_experiment: str) -> None:  # noqa: F811
-    tagger, val, _ = trained
-    check_mlflow_roundtrip(tagger, val, mlflow_experiment)
-
-
-@pytest.mark.slow
-def test_onnx_parity(trained: tuple) -> None:
-    tagger, val, _ = trained
-    assert check_onnx_parity(tagger, val) <= 1e-4
 
 
 @pytest.mark.slow

@@ -4,31 +4,16 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from test_keras_common import (  # noqa: F401 - mlflow_experiment is a fixture
-    MLFLOW_WARNINGS,
-    check_history,
-    check_mlflow_roundtrip,
-    check_onnx_parity,
-    check_rejects_misshaped,
-    check_scores,
-    check_weights_change_loss,
-    fitted,
-    mlflow_experiment,
-    synthetic_split,
-    tiny_config,
-)
+from keras_helpers import synthetic_split, tiny_config
 
 from wtag import schema
 from wtag.dataset import Standardization
 from wtag.taggers import build_tagger
 from wtag.taggers.dense import DenseTagger
 
-EPOCHS = 3
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple:
-    return fitted("dnn", n_train=400, n_val=300, epochs=EPOCHS)
+@pytest.fixture
+def trained(keras_trained) -> tuple:
+    return keras_trained("dnn")
 
 
 def test_identity_and_architecture() -> None:
@@ -42,13 +27,6 @@ def test_identity_and_architecture() -> None:
     assert isinstance(train_model.layers[1], keras.layers.Rescaling)
     assert score_model.output.shape == (None,)
     assert tagger.hyperparameters()["features"] == ",".join(schema.HL_FEATURES)
-
-
-@pytest.mark.slow
-def test_trains_and_scores(trained: tuple) -> None:
-    tagger, val, history = trained
-    check_history(history, EPOCHS)
-    check_scores(tagger, val)
 
 
 @pytest.mark.slow
@@ -67,24 +45,3 @@ def test_baked_standardization_sees_raw_units(trained: tuple) -> None:
     assert np.max(np.abs(tagger.predict({"hl": hl}) - tagger.predict({"hl": shifted}))) > 1e-3
 
 
-@pytest.mark.slow
-def test_weights_change_the_loss() -> None:
-    check_weights_change_loss("dnn")
-
-
-@pytest.mark.slow
-def test_rejects_misshaped_input(trained: tuple) -> None:
-    check_rejects_misshaped(trained[0])
-
-
-@pytest.mark.slow
-@MLFLOW_WARNINGS
-def test_mlflow_log_pyfunc_and_load_logged(trained: tuple, mlflow_experiment: str) -> None:  # noqa: F811
-    tagger, val, _ = trained
-    check_mlflow_roundtrip(tagger, val, mlflow_experiment)
-
-
-@pytest.mark.slow
-def test_onnx_parity(trained: tuple) -> None:
-    tagger, val, _ = trained
-    assert check_onnx_parity(tagger, val) <= 1e-4

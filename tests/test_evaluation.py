@@ -1,6 +1,6 @@
 """Evaluation against a real tracking server: tagger runs with known metrics, champion choice, table artifacts.
 
-The runs use the small linear test tagger of test_onnx_export (registered under several names), so these tests
+The runs use the small linear test tagger of tests/synthetic.py (registered under several names), so these tests
 need no Keras; the evaluation of every REGISTRY tagger runs in test_onnx_export, before exporting the champion.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_onnx_export import LinearTagger, log_prepare_run, new_experiment, synthetic_dataset
+from synthetic import LinearTagger, log_prepare_run, new_experiment, synthetic_dataset
 
 from wtag.dataset import PreparedDataset
 from wtag.errors import WtagError

@@ -1,4 +1,5 @@
-"""Every plot writes a valid, non-trivial PNG, leaves no figure open, and rejects mismatched inputs."""
+"""Every plot writes a valid, non-trivial PNG, leaves no figure open, rejects mismatched inputs, and draws what the
+metrics compute (the ROC points, the normalised score and mass histograms)."""
 from __future__ import annotations
 
 import struct
@@ -115,3 +116,74 @@ def test_mismatched_lengths(tmp_path: Path, tagged: tuple[np.ndarray, ...], call
         call(path, y, score, msd)
     assert not path.exists()
     assert plt.get_fignums() == []
+
+
+def _axes():
+    from matplotlib.figure import Figure
+
+    return Figure().subplots()
+
+
+def _steps(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """label -> (values, edges) of every step histogram mplhep drew on ``ax``."""
+    from matplotlib.patches import StepPatch
+
+    return {p.get_label(): (np.asarray(p.get_data().values), np.asarray(p.get_data().edges))
+            for p in ax.patches if isinstance(p, StepPatch)}
+
+
+def test_roc_draws_the_rejection_curve_of_each_tagger(tagged: tuple[np.ndarray, ...]) -> None:
+    from wtag import metrics
+
+    y, score, _ = tagged
+    cut = np.where(y == 1, 0.7, 0.3) + np.random.default_rng(4).normal(0, 0.3, N)
+    ax = _axes()
+    plots.draw_roc(ax, {"bdt": (y, score), "cut": (y, cut)}, baseline="cut")
+    lines = {line.get_label().split(" (")[0]: line for line in ax.get_lines()}
+    assert set(lines) == {"bdt", "cut"}
+    eps_s, eps_b, _ = metrics.roc_curve(y, score)
+    keep = (eps_b > 0) & (eps_s > 0)
+    np.testing.assert_allclose(lines["bdt"].get_xdata(), eps_s[keep])
+    np.testing.assert_allclose(lines["bdt"].get_ydata(), 1.0 / eps_b[keep])
+    assert f"AUC = {metrics.roc_auc(y, score):.3f}" in lines["bdt"].get_label()
+    assert lines["cut"].get_linestyle() == "--" and lines["cut"].get_color() == "black"
+    assert ax.get_yscale() == "log"
+    # a better tagger has the higher rejection at 50% signal efficiency, as the metric says
+    at_half = {k: np.interp(0.5, line.get_xdata(), line.get_ydata()) for k, line in lines.items()}
+    rejection = {k: metrics.background_rejection(y, s, 0.5) for k, s in (("bdt", score), ("cut", cut))}
+    assert (at_half["bdt"] > at_half["cut"]) == (rejection["bdt"] > rejection["cut"])
+
+
+def test_score_histograms_are_the_normalised_class_distributions(tagged: tuple[np.ndarray, ...]) -> None:
+    y, score, _ = tagged
+    ax = _axes()
+    plots.draw_scores(ax, y, score, "bdt")
+    steps = _steps(ax)
+    for cls, name in ((1, "W jets"), (0, "QCD jets")):
+        label = f"{name} ({int((y == cls).sum())})"
+        values, edges = steps[label]
+        expected, _ = np.histogram(score[y == cls], bins=plots.SCORE_BINS, density=True)
+        np.testing.assert_allclose(edges, plots.SCORE_BINS)
+        np.testing.assert_allclose(values, expected)
+        assert np.sum(values * np.diff(edges)) == pytest.approx(1.0)
+
+
+def test_mass_sculpting_shows_the_qcd_jets_that_pass_the_cut(tagged: tuple[np.ndarray, ...]) -> None:
+    from wtag import metrics
+
+    y, _, msd = tagged
+    # a weak tagger, so that some QCD jets pass the cut, more of them near the W mass
+    score = np.random.default_rng(5).random(N) * 0.8 + 0.2 * (np.abs(msd - 80.0) < 15.0)
+    ax = _axes()
+    plots.draw_mass_sculpting(ax, msd, y, score, "bdt")
+    steps = _steps(ax)
+    assert set(steps) == {"QCD, all", "QCD, after cut (50% W eff.)", "W, all", "W, after cut"}
+    bins = metrics.DEFAULT_MASS_BINS
+    passed = score >= metrics.threshold_at_efficiency(y, score, 0.5)
+    assert passed[y == 1].mean() == pytest.approx(0.5, abs=0.01)
+    qcd_after = msd[(y == 0) & passed].clip(bins[0], bins[-1])
+    expected, _ = np.histogram(qcd_after, bins=bins, density=True)
+    np.testing.assert_allclose(steps["QCD, after cut (50% W eff.)"][0], expected)
+    jsd = metrics.mass_sculpting(msd, y, score, 0.5, bins)
+    assert ax.get_legend().get_title().get_text() == f"bdt: JSD = {jsd:.3f}"
+    assert jsd > 0.01  # the cut keeps more QCD jets near 80 GeV: the shape changed

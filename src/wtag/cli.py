@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_int, default=0, help="processes (0: all cores)")
     p.add_argument("--pileup", type=_pileup, default=DEFAULT_WORD,
                    help="mean pileup interactions ('default': the tuned value)")
-    p.add_argument("--no-detector", action="store_true", help="particle level: no detector response, no pileup")
+    p.add_argument("--no-detector", action="store_true",
+                   help="particle level: no detector response (pileup is still overlaid unless --pileup 0)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("import", help="convert real CMS files to the canonical form")

@@ -98,7 +98,8 @@ def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, mod
 
     params = {**config.params(), "model": model, "metric": metric, **train_config.params()}
     description = f"pipeline: prepare {config.source}, train {model}, evaluate by {metric}, export champion"
-    with tracked_run(EntryPoint.MAIN, f"main-{config.source}-{config.sample_size()}", description, params, run_id=run_id):
+    run_name = f"main-{config.source}-{config.sample_size()}"
+    with tracked_run(EntryPoint.MAIN, run_name, description, params, run_id=run_id):
         import mlflow
 
         train_run = train_step(config, data_dir, experiment_id, model, train_config, workers=workers, reuse=True)

@@ -58,8 +58,7 @@ def _labels(label: np.ndarray, n: int, what: str) -> np.ndarray:
     return label.astype(np.int64)
 
 
-def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike[str],
-             baseline: str | None = "cut", *, cms_text: str = "Simulation") -> Path:
+def draw_roc(ax: Axes, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], baseline: str | None = "cut") -> None:
     """Background rejection 1/eps_B (log) against signal efficiency eps_S, one line per tagger, AUC in legend.
 
     The HEP convention: it shows the rejection at the working points that matter, which a linear ROC hides.
@@ -67,43 +66,54 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os
     """
     if not curves:
         raise WtagError("plot_roc: no curves to draw")
+    for name, (y, score) in curves.items():
+        eps_s, eps_b, _ = metrics.roc_curve(y, score)
+        auc = metrics.roc_auc(y, score)
+        keep = (eps_b > 0) & (eps_s > 0)
+        style = {"ls": "--", "color": "black"} if name == baseline else {}
+        ax.plot(eps_s[keep], 1.0 / eps_b[keep], label=f"{name} (AUC = {auc:.3f})", **style)
+    ax.set_yscale("log")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel(r"Signal efficiency $\epsilon_S$ (W jets)")
+    ax.set_ylabel(r"Background rejection $1/\epsilon_B$ (QCD jets)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper right")
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike[str],
+             baseline: str | None = "cut", *, cms_text: str = "Simulation") -> Path:
+    """:func:`draw_roc` as a CMS-labelled PNG."""
     with _figure() as (fig, axes):
-        ax = axes[0, 0]
-        for name, (y, score) in curves.items():
-            eps_s, eps_b, _ = metrics.roc_curve(y, score)
-            auc = metrics.roc_auc(y, score)
-            keep = (eps_b > 0) & (eps_s > 0)
-            style = {"ls": "--", "color": "black"} if name == baseline else {}
-            ax.plot(eps_s[keep], 1.0 / eps_b[keep], label=f"{name} (AUC = {auc:.3f})", **style)
-        ax.set_yscale("log")
-        ax.set_xlim(0.0, 1.0)
-        ax.set_xlabel(r"Signal efficiency $\epsilon_S$ (W jets)")
-        ax.set_ylabel(r"Background rejection $1/\epsilon_B$ (QCD jets)")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(loc="upper right")
-        _label(ax, cms_text)
+        draw_roc(axes[0, 0], curves, baseline)
+        _label(axes[0, 0], cms_text)
         return _save(fig, path)
+
+
+SCORE_BINS = np.linspace(0.0, 1.0, 41)
+
+
+def draw_scores(ax: Axes, y: np.ndarray, score: np.ndarray, name: str) -> None:
+    """Normalised score distributions of W and QCD jets: how cleanly the tagger separates them."""
+    score = np.asarray(score, dtype=np.float64)
+    y = _labels(y, len(score), "plot_scores")
+    for cls in (1, 0):
+        sel = y == cls
+        if sel.any():
+            hist, _ = np.histogram(np.clip(score[sel], 0.0, 1.0), bins=SCORE_BINS)
+            hep.histplot(hist, SCORE_BINS, density=True, ax=ax, color=CLASS_COLORS[cls],
+                         label=f"{CLASS_NAMES[cls]} ({int(sel.sum())})")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{name} score")
+    ax.set_ylabel("Normalised jets / bin")
+    ax.legend(loc="upper center")
 
 
 def plot_scores(y: np.ndarray, score: np.ndarray, path: str | os.PathLike[str], name: str, *,
                 cms_text: str = "Simulation") -> Path:
-    """Normalised score distributions of W and QCD jets: how cleanly the tagger separates them."""
-    score = np.asarray(score, dtype=np.float64)
-    y = _labels(y, len(score), "plot_scores")
-    bins = np.linspace(0.0, 1.0, 41)
+    """:func:`draw_scores` as a CMS-labelled PNG."""
     with _figure() as (fig, axes):
-        ax = axes[0, 0]
-        for cls in (1, 0):
-            sel = y == cls
-            if sel.any():
-                hist, _ = np.histogram(np.clip(score[sel], 0.0, 1.0), bins=bins)
-                hep.histplot(hist, bins, density=True, ax=ax, color=CLASS_COLORS[cls],
-                             label=f"{CLASS_NAMES[cls]} ({int(sel.sum())})")
-        ax.set_yscale("log")
-        ax.set_xlabel(f"{name} score")
-        ax.set_ylabel("Normalised jets / bin")
-        ax.legend(loc="upper center")
-        _label(ax, cms_text)
+        draw_scores(axes[0, 0], y, score, name)
+        _label(axes[0, 0], cms_text)
         return _save(fig, path)
 
 
@@ -132,8 +142,8 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | os.
         return _save(fig, path)
 
 
-def plot_mass_sculpting(msd: np.ndarray, y: np.ndarray, score: np.ndarray, path: str | os.PathLike[str],
-                        name: str, signal_efficiency: float = 0.5, *, cms_text: str = "Simulation") -> Path:
+def draw_mass_sculpting(ax: Axes, msd: np.ndarray, y: np.ndarray, score: np.ndarray, name: str,
+                        signal_efficiency: float = 0.5) -> None:
     """QCD soft-drop mass before and after the cut keeping ``signal_efficiency`` of W jets, with the W shape.
 
     All normalised to unit area: a QCD curve that grows a peak at the W mass after the cut is sculpted.
@@ -149,21 +159,26 @@ def plot_mass_sculpting(msd: np.ndarray, y: np.ndarray, score: np.ndarray, path:
     clipped = msd.clip(bins[0], bins[-1])
     passed = score >= threshold
     pct = f"{100 * signal_efficiency:.0f}%"
+    for sel, label, color, ls in (
+        (y == 0, "QCD, all", CLASS_COLORS[0], "-"),
+        ((y == 0) & passed, f"QCD, after cut ({pct} W eff.)", CLASS_COLORS[0], "--"),
+        (y == 1, "W, all", CLASS_COLORS[1], "-"),
+        ((y == 1) & passed, "W, after cut", CLASS_COLORS[1], "--"),
+    ):
+        if sel.any():
+            hist, _ = np.histogram(clipped[sel], bins=bins)
+            hep.histplot(hist, bins, density=True, ax=ax, color=color, ls=ls, label=label)
+    ax.set_xlabel("Soft-drop mass [GeV]")
+    ax.set_ylabel("Normalised jets / bin")
+    ax.legend(loc="upper right", title=f"{name}: JSD = {jsd:.3f}")
+
+
+def plot_mass_sculpting(msd: np.ndarray, y: np.ndarray, score: np.ndarray, path: str | os.PathLike[str],
+                        name: str, signal_efficiency: float = 0.5, *, cms_text: str = "Simulation") -> Path:
+    """:func:`draw_mass_sculpting` as a CMS-labelled PNG."""
     with _figure() as (fig, axes):
-        ax = axes[0, 0]
-        for sel, label, color, ls in (
-            (y == 0, "QCD, all", CLASS_COLORS[0], "-"),
-            ((y == 0) & passed, f"QCD, after cut ({pct} W eff.)", CLASS_COLORS[0], "--"),
-            (y == 1, "W, all", CLASS_COLORS[1], "-"),
-            ((y == 1) & passed, "W, after cut", CLASS_COLORS[1], "--"),
-        ):
-            if sel.any():
-                hist, _ = np.histogram(clipped[sel], bins=bins)
-                hep.histplot(hist, bins, density=True, ax=ax, color=color, ls=ls, label=label)
-        ax.set_xlabel("Soft-drop mass [GeV]")
-        ax.set_ylabel("Normalised jets / bin")
-        ax.legend(loc="upper right", title=f"{name}: JSD = {jsd:.3f}")
-        _label(ax, cms_text)
+        draw_mass_sculpting(axes[0, 0], msd, y, score, name, signal_efficiency)
+        _label(axes[0, 0], cms_text)
         return _save(fig, path)
 
 

@@ -114,7 +114,8 @@ def read_test_scores(run_id: str, dst: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=Artifact.TEST_SCORES, dst_path=str(dst))
     except MlflowException:
-        raise WtagError(f"tagger run {run_id} has no {Artifact.TEST_SCORES} artifact (not logged by the train step)") from None
+        raise WtagError(f"tagger run {run_id} has no {Artifact.TEST_SCORES} artifact "
+                        "(not logged by the train step)") from None
     with np.load(path, allow_pickle=False) as data:
         return data["label"], data["score"]
 

@@ -66,6 +66,10 @@ def start_server(paths: ServerPaths, host: str = DEFAULT_HOST, port: int = DEFAU
     Job execution is disabled: otherwise the server forks seven job workers (~2 GB) we never use. Returns the
     server URI once ``/health`` answers; raises WtagError (with the log's tail) if it does not.
     """
+    if not 0 < port < 65536:
+        raise WtagError(f"port {port} is not a TCP port (1-65535)")
+    if paths.root.exists() and not paths.root.is_dir():
+        raise WtagError(f"{paths.root}: exists and is not a directory (the server keeps its store there)")
     uri = f"http://{host}:{port}"
     if is_healthy(uri):
         return uri

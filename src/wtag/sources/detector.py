@@ -19,7 +19,7 @@ turns generator-level final-state particles into PF-like candidates:
 
 Candidates are massless (E = pt cosh(eta)), like the pt/eta/phi-only constituents of the CMS ntuples. IDs follow
 those ntuples: the sign of the id is the sign of the charge (+211/+11/+13 for positive charge).
-Every number is a field of :class:`DetectorModel` with its source; the README's generator section tabulates them.
+Every number is a field of :class:`DetectorModel` with its source; docs/simulation.md tabulates them.
 """
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ from wtag.sources import detector as det
 
 PROCESSES = schema.PROCESSES
 ECM_GEV = 7000.0
-# Tuned on the real 2011 CMS jet images (README, generator section): mean number of inelastic pp interactions
+# Tuned on the real 2011 CMS jet images (docs/simulation.md): mean number of inelastic pp interactions
 # overlaid on each hard event; 2011 runs averaged ~6 (early) to ~15 (late) pileup interactions.
 DEFAULT_PILEUP = 9.0
 DEFAULT_CHUNK_JETS = 1000
@@ -101,7 +101,7 @@ class Tuning:
     """Generator settings beyond the CLI's; ``generate(**tuning)`` sets them by name.
 
     ``fsr_alphas`` is ``TimeShower:alphaSvalue`` for the hard and the pileup events: Pythia's Monash value 0.1365
-    with this detector model and MU = 9 reproduces the real 2011 images best (README tuning table; 0.118 needs
+    with this detector model and MU = 9 reproduces the real 2011 images best (docs/simulation.md, tuning; 0.118 needs
     MU = 12 and is still further off). ``ttbar_pthat_min`` / ``wjets_pthat_min`` bias the phase space towards
     boosted W: a W jet above 200 GeV needs a top or W of about that pT; for ttbar, pT-hat > 150 GeV doubles the
     merged-W jets per event and loses 4.5% of them (jets near 200 GeV), measured against pT-hat > 100 GeV.
