@@ -59,10 +59,10 @@ def move_alias(model_name: str, alias: str, version: str) -> None:
     now = _now()
     new = client.get_model_version(model_name, version)
     client.set_registered_model_alias(model_name, alias, version)
-    client.set_model_version_tag(model_name, version, Tag.alias_since(alias), now)
+    client.set_model_version_tag(model_name, version, Tag.alias(alias, "since"), now)
     if current is not None:
-        client.set_model_version_tag(model_name, current.version, Tag.alias_until(alias), now)
-        client.set_model_version_tag(model_name, current.version, Tag.alias_replaced_by(alias), str(version))
+        client.set_model_version_tag(model_name, current.version, Tag.alias(alias, "until"), now)
+        client.set_model_version_tag(model_name, current.version, Tag.alias(alias, "replaced_by"), str(version))
     key = Tag.alias_history(alias)
     try:
         history = json.loads(client.get_registered_model(model_name).tags.get(key, "[]"))

@@ -149,19 +149,13 @@ class Tag:
     STEP_PREFIX = "wtag.step."  # + step name, on the ``main`` run
 
     @staticmethod
-    def alias_since(alias: str) -> str:
-        return f"wtag.alias.{alias}.since"
-
-    @staticmethod
-    def alias_until(alias: str) -> str:
-        return f"wtag.alias.{alias}.until"
-
-    @staticmethod
-    def alias_replaced_by(alias: str) -> str:
-        return f"wtag.alias.{alias}.replaced_by"
+    def alias(alias: str, event: str) -> str:
+        """On a model version: when it got or lost ``alias`` (``since``/``until``), and its successor."""
+        return f"wtag.alias.{alias}.{event}"
 
     @staticmethod
     def alias_history(alias: str) -> str:
+        """On the registered model: the JSON history of ``alias``."""
         return f"wtag.alias_history.{alias}"
 
 
