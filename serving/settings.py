@@ -1,4 +1,5 @@
-"""Server settings: one frozen object built at the edge (CLI or environment), then passed down explicitly."""
+"""Server settings: every serving default is declared here once, built at the edge (CLI or environment) into
+one frozen object, then passed down explicitly."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,10 +7,12 @@ import os
 from collections.abc import Mapping
 
 from wtag.errors import WtagError
-from wtag.inference import DEVICES
+from wtag.inference import DEFAULT_MAX_BATCH, DEVICES
 
 TOKEN_ENV = "WTAG_SERVE_TOKEN"
-# Optional numeric overrides, so ``make serve`` can be tuned without code changes.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+# Optional overrides from the environment, so ``make serve`` can be tuned without code changes.
 _ENV_FIELDS = {
     "max_batch_size": "WTAG_SERVE_MAX_BATCH_SIZE",
     "max_queue_delay_ms": "WTAG_SERVE_MAX_QUEUE_DELAY_MS",
@@ -33,7 +36,7 @@ class ServerSettings:
     (``ort_threads()``): on a 2-core machine a second ORT thread competes with request parsing and loses.
     """
 
-    max_batch_size: int = 16384
+    max_batch_size: int = DEFAULT_MAX_BATCH
     max_queue_delay_ms: float = 2.0
     max_body_bytes: int = 256 * 1024 * 1024
     request_timeout_s: float = 60.0
@@ -61,30 +64,40 @@ class ServerSettings:
         """The ONNX Runtime intra-op thread count to use."""
         if self.intra_op_threads is not None:
             return self.intra_op_threads
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-        return max(1, usable - 1)
+        return max(1, usable_cores() - 1)
+
+    def public(self) -> dict[str, object]:
+        """The settings a client may see (the token only as whether auth is on)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "auth_token"}
+        return {**values, "auth": self.auth_token is not None, "intra_op_threads": self.ort_threads()}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ServerSettings:
-        """Settings from ``WTAG_SERVE_*`` variables (token from WTAG_SERVE_TOKEN); ``overrides`` win."""
+        """Settings from ``WTAG_SERVE_*`` variables (token from WTAG_SERVE_TOKEN); ``overrides`` win.
+
+        A set but empty WTAG_SERVE_TOKEN is an error, not "auth off": unset it to serve without a token.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        token = env.get(TOKEN_ENV)
-        if token:
-            values["auth_token"] = token
-        for field in dataclasses.fields(cls):
-            var = _ENV_FIELDS.get(field.name)
-            if var is None or not env.get(var):
+        if TOKEN_ENV in env:
+            values["auth_token"] = env[TOKEN_ENV]
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        for name, var in _ENV_FIELDS.items():
+            raw = env.get(var)
+            if not raw:
                 continue
-            raw = env[var]
-            kind = {"max_batch_size": int, "max_body_bytes": int, "intra_op_threads": int,
-                    "max_queue_delay_ms": float, "request_timeout_s": float, "device": str}[field.name]
+            kind = {"int": int, "float": float, "str": str, "int | None": int}[str(kinds[name])]
             try:
-                values[field.name] = kind(raw)
+                values[name] = kind(raw)
             except ValueError:
                 raise WtagError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(kinds)
         if unknown:
             raise WtagError(f"unknown server settings: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)

@@ -1,0 +1,72 @@
+"""The ``serve`` command: ``add_serve_parser`` adds it to a command-line (``wtag serve``, found through the
+``wtag.commands`` entry point), ``main`` runs it alone (``python -m serving``). Defaults come from
+``serving.settings``; a flag left out falls back to its ``WTAG_SERVE_*`` variable, then to that default."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+
+from serving.settings import _ENV_FIELDS, DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, ServerSettings
+from wtag import schema
+from wtag.errors import WtagError, exit_status
+from wtag.inference import DEVICES
+
+DEFAULT_MODEL = f"models:/{schema.REGISTERED_MODEL}@{schema.CHAMPION_ALIAS}"
+# Flags that map one to one onto ServerSettings fields: (flag, field, type).
+_SETTING_FLAGS = (("--max-batch-size", "max_batch_size", int), ("--max-queue-delay-ms", "max_queue_delay_ms", float),
+                  ("--max-body-bytes", "max_body_bytes", int), ("--request-timeout-s", "request_timeout_s", float),
+                  ("--intra-op-threads", "intra_op_threads", int))
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(ServerSettings)}
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"ONNX file, MLflow model dir or URI (default {DEFAULT_MODEL})")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    for flag, field, kind in _SETTING_FLAGS:
+        default = defaults[field] if defaults[field] is not None else "one per usable core, less one"
+        parser.add_argument(flag, type=kind, help=f"default {default} (env {_ENV_FIELDS[field]})")
+    parser.add_argument("--device", choices=DEVICES, help=f"default {defaults['device']} (env {_ENV_FIELDS['device']})")
+    parser.epilog = f"Set {TOKEN_ENV} to require 'Authorization: Bearer <token>' (an empty value is refused)."
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to a CLI's subparsers; it sets ``func`` to :func:`serve`."""
+    parser = subparsers.add_parser("serve", help="serve a model over REST with ONNX Runtime",
+                                   description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    parser.set_defaults(func=serve)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """The server settings: flags first, then WTAG_SERVE_* variables, then the defaults."""
+    overrides = {field: getattr(args, field) for _, field, _ in _SETTING_FLAGS}
+    return ServerSettings.from_env(device=args.device, **overrides)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve ``args.model`` until interrupted; WtagError for bad settings, a bad model or a busy port."""
+    from serving.app import run
+
+    if not 0 <= args.port <= 65535:
+        raise WtagError(f"port {args.port} is not in 0..65535")
+    settings = settings_from(args)
+    if args.model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from wtag.cli import DEFAULT_TRACKING_URI
+
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    run(args.model, host=args.host, port=args.port, settings=settings)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    return exit_status(lambda: serve(args), parser.prog)
