@@ -103,13 +103,14 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 @contextlib.contextmanager
 def process(cmd: Sequence[str], ready_url: str, log: Path, env: dict[str, str] | None = None,
-            timeout: float = 180.0) -> Iterator[None]:
-    """Start a server in its own process group; stop the whole group afterwards, whatever happens."""
+            timeout: float = 180.0) -> Iterator[int]:
+    """Start a server in its own process group (yields its pid); stop the whole group afterwards, whatever
+    happens."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         wait_ready(ready_url, proc, timeout)
-        yield
+        yield proc.pid
     except RuntimeError:
         print(log.read_text()[-3000:], file=sys.stderr)
         raise

@@ -17,7 +17,13 @@ DEFAULT_MODEL = f"models:/{schema.REGISTERED_MODEL}@{schema.CHAMPION_ALIAS}"
 # Flags that map one to one onto ServerSettings fields: (flag, field, type).
 _SETTING_FLAGS = (("--max-batch-size", "max_batch_size", int), ("--max-queue-delay-ms", "max_queue_delay_ms", float),
                   ("--max-body-bytes", "max_body_bytes", int), ("--request-timeout-s", "request_timeout_s", float),
-                  ("--intra-op-threads", "intra_op_threads", int))
+                  ("--intra-op-threads", "intra_op_threads", int),
+                  ("--max-inflight-requests", "max_inflight_requests", int),
+                  ("--max-queued-jets", "max_queued_jets", int),
+                  ("--max-jets-per-request", "max_jets_per_request", int),
+                  ("--max-candidates-per-jet", "max_candidates_per_jet", int),
+                  ("--max-root-bytes", "max_root_bytes", int),
+                  ("--decode-processes", "decode_processes", int))
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +33,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
     for flag, field, kind in _SETTING_FLAGS:
-        default = defaults[field] if defaults[field] is not None else "one per usable core, less one"
+        default = defaults[field] if defaults[field] is not None else "from the usable cores"
         parser.add_argument(flag, type=kind, help=f"default {default} (env {_ENV_FIELDS[field]})")
     parser.add_argument("--device", choices=DEVICES, help=f"default {defaults['device']} (env {_ENV_FIELDS['device']})")
     parser.epilog = f"Set {TOKEN_ENV} to require 'Authorization: Bearer <token>' (an empty value is refused)."

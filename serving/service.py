@@ -1,14 +1,16 @@
-"""The served model and what every protocol does with a request: read the body, score through the batcher,
-check the model name, answer errors in the protocol's own style."""
+"""The served model and what every protocol does with a request: admission, read the body, decode it off the
+event loop, score through the batcher, check the model name, answer errors in the protocol's own style."""
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
+import multiprocessing
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,9 @@ log = logging.getLogger("wtag.serving")
 # The name clients address the model by (KServe v2 and gRPC); the registry name it is published under.
 MODEL_NAME = schema.REGISTERED_MODEL
 
+# Bodies at least this large are decoded in a decode process; smaller ones cost less than the hand-off.
+OFFLOAD_BYTES = 64 * 1024
+RETRY_AFTER_S = 1
 Endpoint = Callable[[Request], Awaitable[Response]]
 ErrorStyle = Callable[[int, str, Mapping[str, str]], Response]
 
@@ -40,7 +45,8 @@ class Service:
     settings: ServerSettings
     metrics: ServerMetrics
     batcher: DynamicBatcher
-    features: concurrent.futures.ThreadPoolExecutor
+    pool: concurrent.futures.Executor
+    in_flight: int = 0
 
     @classmethod
     def load(cls, model: Any, settings: ServerSettings) -> Service:
@@ -52,16 +58,15 @@ class Service:
         tagger.run({name: np.zeros((1, *(d or 1 for d in shape[1:])), dtype=np.float32)
                     for name, shape in tagger.input_shapes.items()})
         batcher = DynamicBatcher(tagger.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000.0,
-                                 observe=metrics.observe_batch)
-        features = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wtag-features")
-        return cls(tagger, settings, metrics, batcher, features)
+                                 observe=metrics.observe_batch, split_rows=max(1, settings.max_batch_size // 4))
+        return cls(tagger, settings, metrics, batcher, decode_pool(settings.decoders()))
 
     def start(self) -> None:
         self.batcher.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        self.features.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def check_model(self, model_name: str, version: str | None = None) -> None:
         if model_name != MODEL_NAME:
@@ -69,6 +74,57 @@ class Service:
         if version is not None and version != self.tagger.version:
             raise RequestError(404, f"model '{MODEL_NAME}' has no version '{version}' "
                                     f"(serving {self.tagger.version})")
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one of ``max_inflight_requests`` places for a scoring request (429 when none is free), and
+        announce it to the batcher."""
+        if self.in_flight >= self.settings.max_inflight_requests:
+            self.reject("requests_in_flight", 429, f"{self.in_flight} requests in flight, the limit "
+                                                   f"(max_inflight_requests) is {self.settings.max_inflight_requests}; "
+                                                   f"retry after {RETRY_AFTER_S} s")
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            with self.batcher.announce():
+                yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    def reject(self, reason: str, status: int, message: str) -> None:
+        """Raise a rejection by a limit (429s carry Retry-After); ``guard`` counts it in /metrics."""
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else {}
+        raise RequestError(status, message, headers, reason)
+
+    def guard(self, endpoint: Endpoint, style: ErrorStyle = error_response) -> Endpoint:
+        """``endpoint`` with the errors a client can cause answered in a protocol's ``style``: RequestError with
+        its status (rejections by a limit counted), WtagError (invalid model inputs) as 422, a stopping batcher
+        as 503, anything else (a bug) as 500 with the details in the log."""
+
+        @functools.wraps(endpoint)
+        async def answer(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except RequestError as exc:
+                if exc.reason is not None:
+                    self.metrics.rejected.labels(exc.reason).inc()
+                return style(exc.status, exc.message, exc.headers)
+            except WtagError as exc:
+                return style(422, str(exc), {})
+            except BatcherStopped as exc:
+                return style(503, f"not scored: {exc}", {})
+            except Exception as exc:  # a bug: answered here, so the connection stays usable, and logged
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                return style(500, f"internal error ({type(exc).__name__}); see the server log", {})
+
+        return answer
+
+    def check_jets(self, n: int) -> None:
+        if n > self.settings.max_jets_per_request:
+            self.reject("jets_per_request", 413, f"the request holds {n} jets, more than the limit of "
+                                                 f"{self.settings.max_jets_per_request} jets per request "
+                                                 "(max_jets_per_request)")
 
     async def read_body(self, request: Request) -> bytes:
         """The body, decompressed if gzip/deflate, within ``max_body_bytes`` (413) and the timeout (408)."""
@@ -85,26 +141,72 @@ class Service:
             raise RequestError(408, f"request body not received within {self.settings.request_timeout_s} s") \
                 from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return inflate(body, request.headers.get("content-encoding", "identity"), limit)
+        encoding = request.headers.get("content-encoding", "identity")
+        if encoding.strip().lower() in ("identity", "") or len(body) < OFFLOAD_BYTES:
+            return inflate(body, encoding, limit)
+        return await self.offload(inflate, body, encoding, limit)
+
+    async def decode(self, fn: Callable[..., Any], body: bytes, *args: Any) -> Any:
+        """``fn(body, *args)``: in this thread for small bodies, in a decode process for large ones."""
+        if len(body) < OFFLOAD_BYTES:
+            return fn(body, *args)
+        return await self.offload(fn, body, *args)
+
+    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the decode pool, so the event loop keeps serving meanwhile (503 past the timeout)."""
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        except TimeoutError:
+            raise RequestError(503, f"decoding the request took longer than {self.settings.request_timeout_s} s; "
+                                    "the server is overloaded") from None
+        except concurrent.futures.BrokenExecutor:
+            raise RequestError(503, "a decode process died; the request was not scored") from None
 
     async def score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        """Validated, then scored in whichever batch the request lands in (503 past the request timeout)."""
+        """Validated, then scored in whichever batch the request lands in (429 when too many jets are queued,
+        503 past the request timeout)."""
         validated = self.tagger.validate(inputs)
+        rows = len(next(iter(validated.values())))
+        self.check_jets(rows)
+        if self.batcher.pending_rows + rows > self.settings.max_queued_jets:
+            self.reject("jets_queued", 429, f"{self.batcher.pending_rows} jets are queued and this request adds "
+                                            f"{rows}, past the limit (max_queued_jets) of "
+                                            f"{self.settings.max_queued_jets}; retry after {RETRY_AFTER_S} s")
+        self.metrics.queued_jets.inc(rows)
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 return await self.batcher.submit(validated)
         except TimeoutError:
             raise RequestError(503, f"scoring took longer than {self.settings.request_timeout_s} s; "
                                     "the server is overloaded") from None
+        finally:
+            self.metrics.queued_jets.dec(rows)
 
-    async def in_features_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` on the feature thread, so the event loop keeps serving meanwhile."""
-        try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                return await asyncio.get_running_loop().run_in_executor(self.features, fn, *args)
-        except TimeoutError:
-            raise RequestError(503, f"computing jet features took longer than {self.settings.request_timeout_s} s") \
-                from None
+
+def decode_pool(processes: int) -> concurrent.futures.Executor:
+    """Processes (forkserver: never forked from this threaded process) that decode bodies and compute jet
+    features; with 0, one thread instead. Started now, so their start-up is not a request's latency."""
+    if processes == 0:
+        return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wtag-decode")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["serving.protocols"])
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=context,
+                                                  initializer=_ignore_interrupts)
+    for started in [pool.submit(_ready) for _ in range(processes)]:
+        started.result()
+    return pool
+
+
+def _ready() -> None:
+    """Touched once per decode process at start-up."""
+
+
+def _ignore_interrupts() -> None:
+    """Decode processes leave Ctrl-C and SIGTERM to the server, which shuts them down in order."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def inflate(body: bytes, content_encoding: str, limit: int) -> bytes:
@@ -124,21 +226,3 @@ def inflate(body: bytes, content_encoding: str, limit: int) -> bytes:
     if not inflater.eof:
         raise RequestError(400, f"request body is not valid {encoding} data (truncated stream)")
     return data
-
-
-def guarded(endpoint: Endpoint, style: ErrorStyle = error_response) -> Endpoint:
-    """``endpoint`` with the errors a client can cause answered in a protocol's ``style``: RequestError with its
-    status, WtagError (invalid model inputs) as 422, a stopping batcher as 503. Anything else is a bug (500)."""
-
-    @functools.wraps(endpoint)
-    async def answer(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except RequestError as exc:
-            return style(exc.status, exc.message, exc.headers)
-        except WtagError as exc:
-            return style(422, str(exc), {})
-        except BatcherStopped as exc:
-            return style(503, f"not scored: {exc}", {})
-
-    return answer

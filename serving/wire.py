@@ -13,14 +13,19 @@ JSON = "application/json"
 
 
 class RequestError(Exception):
-    """A bad request: ``status`` (400 malformed, 413 too large, 415 media type, 422 invalid content, 429 busy)
-    and optional response ``headers`` (e.g. Retry-After)."""
+    """A bad request: ``status`` (400 malformed, 413 too large, 415 media type, 422 invalid content, 429 busy),
+    optional response ``headers`` (e.g. Retry-After) and the ``reason`` of a rejection by a limit."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.reason = reason  # admission control or a cap: counted in /metrics by this reason
+
+    def __reduce__(self) -> tuple[type, tuple[int, str, dict[str, str], str | None]]:  # crosses processes
+        return (type(self), (self.status, self.message, self.headers, self.reason))
 
 
 def loads(body: bytes, what: str = "request body") -> Any:

@@ -265,3 +265,39 @@ def check_bad_requests(server: Server, cases: list[tuple[str, str, bytes, dict[s
         assert good.status_code == 200
         assert_scores(good.json()["predictions"]["score"], offline_scores(server.model, {"hl": np.array(good_row)}))
         return client.get("/metrics").text
+
+
+def slow_hl_model(width: int = 2048, layers: int = 2) -> onnx.ModelProto:
+    """An hl model made slow on purpose (``layers`` dense width x width layers): about 8 MFLOP per jet per layer
+    at the default width, so a few thousand jets keep ONNX Runtime busy for a while (limits, timeouts)."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (N_HL, width)).astype(np.float32), "w_in"),
+             numpy_helper.from_array(rng.normal(0, 0.02, (width, 1)).astype(np.float32), "w_out"),
+             numpy_helper.from_array(np.array([-1], np.int64), "flat")]
+    nodes = [helper.make_node("MatMul", [schema.INPUT_HL, "w_in"], ["h0"])]
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(rng.normal(0, 1 / np.sqrt(width), (width, width)).astype(np.float32),
+                                             f"w{i}"))
+        nodes += [helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"z{i}"]),
+                  helper.make_node("Tanh", [f"z{i}"], [f"h{i + 1}"])]
+    nodes += [helper.make_node("MatMul", [f"h{layers}", "w_out"], ["o"]), helper.make_node("Sigmoid", ["o"], ["p"]),
+              helper.make_node("Reshape", ["p", "flat"], [schema.OUTPUT_SCORE])]
+    graph = helper.make_graph(
+        nodes, "slow_hl", [helper.make_tensor_value_info(schema.INPUT_HL, TensorProto.FLOAT, ["N", N_HL])],
+        [helper.make_tensor_value_info(schema.OUTPUT_SCORE, TensorProto.FLOAT, ["N"])], inits)
+    return add_metadata(build_model(graph), [schema.INPUT_HL], "dnn")
+
+
+def one_jet_only_model() -> onnx.ModelProto:
+    """Meets the contract but ONNX Runtime fails to run it for more than one jet (a Reshape to [1, 10]): the
+    server's 500 path, with a real model failing inside a real session."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Reshape", [schema.INPUT_HL, "one"], ["x"]), helper.make_node("MatMul", ["x", "w"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["p"]), helper.make_node("Reshape", ["p", "flat"], [schema.OUTPUT_SCORE])]
+    graph = helper.make_graph(
+        nodes, "one_jet", [helper.make_tensor_value_info(schema.INPUT_HL, TensorProto.FLOAT, ["N", N_HL])],
+        [helper.make_tensor_value_info(schema.OUTPUT_SCORE, TensorProto.FLOAT, ["N"])],
+        [numpy_helper.from_array(np.array([1, N_HL], np.int64), "one"),
+         numpy_helper.from_array(rng.normal(0, 0.1, (N_HL, 1)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    return add_metadata(build_model(graph), [schema.INPUT_HL], "dnn")

@@ -66,3 +66,44 @@ def test_lone_request_is_not_delayed() -> None:
     runs, _ = _run_batcher(max_batch_size=100, delay_s=5.0, sizes=[1])
     assert runs == [1]
     assert time.perf_counter() - start < 2.0
+
+
+def test_split_requests_let_small_ones_through_between_slices() -> None:
+    """With split_rows, a 20-row request runs in slices of at most 4 rows; two 1-row requests sent just after
+    it are answered before its last slice, and every answer is whole and in order."""
+    import asyncio
+
+    from serving.batcher import DynamicBatcher
+
+    runs: list[int] = []
+    finished: list[str] = []
+
+    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        runs.append(len(inputs["x"]))
+        time.sleep(0.01)
+        return inputs["x"][:, 0] * 2.0
+
+    async def main() -> list[np.ndarray]:
+        batcher = DynamicBatcher(run, max_batch_size=5, max_queue_delay_s=0.0, split_rows=4)
+        batcher.start()
+
+        async def one(name: str, x: np.ndarray, delay: float) -> np.ndarray:
+            await asyncio.sleep(delay)
+            with batcher.announce():
+                scores = await batcher.submit({"x": x})
+            finished.append(name)
+            return scores
+
+        try:
+            return list(await asyncio.gather(one("big", np.arange(20, dtype=np.float32)[:, None], 0.0),
+                                             one("a", np.full((1, 1), 100.0, np.float32), 0.005),
+                                             one("b", np.full((1, 1), 200.0, np.float32), 0.005)))
+        finally:
+            await batcher.stop()
+
+    big, a, b = asyncio.run(main())
+    np.testing.assert_array_equal(big, np.arange(20, dtype=np.float32) * 2.0)
+    np.testing.assert_array_equal(a, [200.0])
+    np.testing.assert_array_equal(b, [400.0])
+    assert sum(runs) == 22 and max(runs) <= 5
+    assert finished.index("a") < finished.index("big") and finished.index("b") < finished.index("big")

@@ -3,6 +3,7 @@ ROOT ``jets`` tree or a CMS tutorial ``.npy``; the model inputs are computed ser
 feature code (``wtag.features``), so served scores cannot drift from training. Errors are ``{"error": ...}``."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.routing import BINARY, Routes, body_doc
-from serving.service import Service, guarded
+from serving.service import Service
 from serving.wire import JSON, RequestError, dumps, json_object, json_type, loads, numbers
+from wtag import schema
 from wtag.errors import WtagError
-from wtag.features import complete_jets
-from wtag.inference import OnnxTagger
+from wtag.features import complete_jets, model_inputs
 from wtag.jets import make_jets, read_jets, select
 
 ROOT_MAGIC = b"root"
@@ -33,7 +34,26 @@ _JET_FIELDS = {"jet_pt": "jet_pt_ak7", "jet_eta": "jet_eta_ak7", "jet_phi": "jet
                "run": "run", "lumi": "lumi", "event": "event", "ijet": "ijet"}
 
 
-def jets_decode(body: bytes) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Caps:
+    """The per-request limits raw jets and files are held to (from ServerSettings)."""
+
+    max_jets: int
+    max_candidates: int
+    max_root_bytes: int
+
+    def check_jets(self, n: int) -> None:
+        if n > self.max_jets:
+            raise RequestError(413, f"the request holds {n} jets, more than the limit of {self.max_jets} jets per "
+                                    "request (max_jets_per_request)", reason="jets_per_request")
+
+    def check_candidates(self, n: int, where: str) -> None:
+        if n > self.max_candidates:
+            raise RequestError(422, f"{where} has {n} candidates, more than the limit of {self.max_candidates} "
+                                    "candidates per jet (max_candidates_per_jet)", reason="candidates_per_jet")
+
+
+def jets_decode(body: bytes, caps: Caps | None = None) -> dict[str, Any]:
     """Columns for ``wtag.jets.make_jets`` from ``{"jets": [{"pt": [...], "eta": [...], "phi": [...], ...}, ...]}``.
 
     Each jet lists its PF candidates (``pt`` > 0 GeV, ``eta``, ``phi``; optional integer ``id`` (PDG code)
@@ -50,6 +70,8 @@ def jets_decode(body: bytes) -> dict[str, Any]:
         raise RequestError(422, f"'jets' must be an array, got {json_type(jets)}")
     if not jets:
         raise RequestError(422, "'jets' is empty (empty batch)")
+    if caps is not None:
+        caps.check_jets(len(jets))
     counts = np.empty(len(jets), dtype=np.int64)
     flat: dict[str, list[Any]] = {key: [] for key in _CAND_FIELDS}
     scalars: dict[str, list[Any]] = {}
@@ -76,6 +98,8 @@ def jets_decode(body: bytes) -> dict[str, Any]:
         assert n is not None
         if n == 0:
             raise RequestError(422, f"jets[{i}] has no candidates")
+        if caps is not None:
+            caps.check_candidates(n, f"jets[{i}]")
         counts[i] = n
         for key in _CAND_FIELDS:
             flat[key].extend(jet[key] if key in jet else [0] * n)
@@ -112,15 +136,24 @@ def jets_decode(body: bytes) -> dict[str, Any]:
     return columns
 
 
-def file_jets(tagger: OnnxTagger, body: bytes, kind: str, tutorial_selection: bool
-              ) -> tuple[ak.Array, dict[str, np.ndarray]]:
-    """The jets of an uploaded file (``kind`` root or npy) and their model inputs."""
+def jet_inputs(body: bytes, caps: Caps, input_names: tuple[str, ...], max_particles: int
+               ) -> dict[str, np.ndarray]:
+    """Model inputs of a /v1/score-jets body, computed with the training feature code (runs in a decode
+    process: everything it takes and returns is plain data)."""
+    jets = complete_jets(make_jets(jets_decode(body, caps)))
+    return model_inputs(jets, input_names, max_particles=max_particles)
+
+
+def file_inputs(body: bytes, kind: str, tutorial_selection: bool, caps: Caps, input_names: tuple[str, ...],
+                max_particles: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The FILE_FIELDS and the model inputs of every jet of an uploaded file (``kind`` root or npy)."""
     suffix = ".root" if kind == "root" else ".npy"
     with tempfile.TemporaryDirectory(prefix="wtag-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(body)
         try:
             if kind == "root":
+                check_root_size(path, caps.max_root_bytes)
                 jets = complete_jets(read_jets(path))
             else:
                 from wtag.sources.cms_ntuple import read_cms_ntuple
@@ -132,7 +165,28 @@ def file_jets(tagger: OnnxTagger, body: bytes, kind: str, tutorial_selection: bo
         jets = select(jets)
     if len(jets) == 0:
         raise WtagError("the file holds no jets" + (" passing the selection" if tutorial_selection else ""))
-    return jets, tagger.jet_inputs(jets)
+    caps.check_jets(len(jets))
+    counts = ak.to_numpy(ak.num(jets["ak7pfcand_pt"]))
+    if counts.max() > caps.max_candidates:
+        caps.check_candidates(int(counts.max()), f"jet {int(np.argmax(counts))} of the file")
+    fields = {field: ak.to_numpy(jets[field]) for field in FILE_FIELDS}
+    return fields, model_inputs(jets, input_names, max_particles=max_particles)
+
+
+def check_root_size(path: Path, limit: int) -> None:
+    """413 when the ``jets`` tree's baskets would decompress to more than ``limit`` bytes (as their headers
+    declare; a file uproot cannot open is left to ``read_jets`` to word)."""
+    import uproot
+
+    try:
+        with uproot.open(path) as f:
+            tree = f[schema.TREE_NAME]
+            size = sum(branch.uncompressed_bytes for branch in tree.itervalues(recursive=True))
+    except Exception:  # noqa: BLE001  (any failure to read it is reported by read_jets)
+        return
+    if size > limit:
+        raise RequestError(413, f"the uploaded ROOT file's '{schema.TREE_NAME}' tree decompresses to {size} bytes, "
+                                f"more than the limit of {limit} bytes (max_root_bytes)", reason="root_size")
 
 
 def file_kind(body: bytes, requested: str) -> str:
@@ -178,30 +232,29 @@ def routes(service: Service) -> Routes:
     tagger = service.tagger
     out = Routes()
 
-    def jets_inputs(columns: dict[str, Any]) -> dict[str, np.ndarray]:
-        return tagger.jet_inputs(complete_jets(make_jets(columns)))
+    settings = service.settings
+    caps = Caps(settings.max_jets_per_request, settings.max_candidates_per_jet, settings.max_root_bytes)
 
     async def score_jets(request: Request) -> Response:
-        with service.batcher.announce():
+        with service.admitted():
             body = await service.read_body(request)
-            columns = jets_decode(body)
-            inputs = await service.in_features_thread(jets_inputs, columns)
+            tagger.check_feature_code()
+            inputs = await service.offload(jet_inputs, body, caps, tagger.inputs, tagger.max_particles)
             scores = await service.score(inputs)
         return Response(dumps({"n_jets": len(scores), "scores": scores}), media_type=JSON)
 
     async def score_file(request: Request) -> Response:
         requested, tutorial_selection = file_query(request)
-        with service.batcher.announce():
+        with service.admitted():
             body = await service.read_body(request)
             kind = file_kind(body, requested)
-            jets, inputs = await service.in_features_thread(file_jets, tagger, body, kind, tutorial_selection)
+            tagger.check_feature_code()
+            fields, inputs = await service.offload(file_inputs, body, kind, tutorial_selection, caps, tagger.inputs,
+                                                   tagger.max_particles)
             scores = await service.score(inputs)
-        result = {"n_jets": len(scores), "scores": scores}
-        for field in FILE_FIELDS:
-            result[field] = ak.to_numpy(jets[field])
-        return Response(dumps(result), media_type=JSON)
+        return Response(dumps({"n_jets": len(scores), "scores": scores, **fields}), media_type=JSON)
 
-    out.post(["/v1/score-jets"], guarded(score_jets), "jets", "Score jets given as lists of PF candidates",
+    out.post(["/v1/score-jets"], service.guard(score_jets), "jets", "Score jets given as lists of PF candidates",
              body_doc({JSON: {"schema": JETS_REQUEST}},
                       "Each jet: its PF candidates' pt (GeV, > 0), eta, phi (equal lengths, at least one) and "
                       "optionally id (PDG code) and charge; optional jet_pt/jet_eta/jet_phi/jet_E and "
@@ -210,7 +263,7 @@ def routes(service: Service) -> Routes:
              {"description": "one score per jet, in request order", "content": {JSON: {"schema": SCORES}}})
     file_answer = {**SCORES, "properties": {**SCORES["properties"], **{
         f: {"type": "array", "items": {"type": "number"}} for f in FILE_FIELDS}}}
-    out.post(["/v1/score-file"], guarded(score_file), "jets", "Score every jet of a ROOT `jets` tree or a CMS .npy",
+    out.post(["/v1/score-file"], service.guard(score_file), "jets", "Score every jet of a ROOT `jets` tree or a CMS .npy",
              body_doc({"application/octet-stream": BINARY},
                       "The file itself as the body: a ROOT file with the `jets` TTree, or a tutorial-format "
                       "(c2numpy) `.npy` of PF candidates."),

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 import wtag
 from serving.routing import BINARY, Routes, body_doc
-from serving.service import MODEL_NAME, Service, guarded
+from serving.service import MODEL_NAME, Service
 from serving.wire import JSON, RequestError, dumps, json_object, loads, numbers
 from wtag import schema
 
@@ -186,15 +186,15 @@ def routes(service: Service) -> Routes:
 
     async def v2_infer(request: Request) -> Response:
         service.check_model(request.path_params["model_name"], request.path_params.get("version"))
-        with service.batcher.announce():
+        with service.admitted():
             body = await service.read_body(request)
-            inputs, reply = v2_decode(body, request.headers.get(HEADER_LENGTH))
+            inputs, reply = await service.decode(v2_decode, body, request.headers.get(HEADER_LENGTH))
             scores = await service.score(inputs)
         content, headers = v2_encode(scores, reply, tagger.version)
         return Response(content, media_type="application/octet-stream" if headers else JSON, headers=headers)
 
     out.post(["/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{version}/infer"],
-             guarded(v2_infer), "kserve-v2", "KServe v2 inference",
+             service.guard(v2_infer), "kserve-v2", "KServe v2 inference",
              body_doc({JSON: {"schema": V2_REQUEST}, "application/octet-stream": BINARY},
                       "JSON tensors, or the binary tensor extension: a JSON header (the JSON schema above) of "
                       "Inference-Header-Content-Length bytes, then each binary input's raw little-endian values "

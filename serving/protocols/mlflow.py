@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 import wtag
 from serving.routing import Routes, body_doc
-from serving.service import Service, guarded
+from serving.service import Service
 from serving.wire import JSON, RequestError, dumps, json_object, json_type, loads, numbers
 from wtag import schema
 
@@ -187,14 +187,14 @@ def routes(service: Service) -> Routes:
         return Response(wtag.__version__, media_type="text/plain")
 
     async def invocations(request: Request) -> Response:
-        with service.batcher.announce():
+        with service.admitted():
             body = await service.read_body(request)
-            inputs, style = mlflow_decode(body, request.headers.get("content-type", ""), list(tagger.inputs),
-                                          tagger.hl_features)
+            inputs, style = await service.decode(mlflow_decode, body, request.headers.get("content-type", ""),
+                                                 list(tagger.inputs), tagger.hl_features)
             scores = await service.score(inputs)
         return Response(mlflow_encode(scores, style), media_type=JSON)
 
-    out.post(["/invocations"], guarded(invocations, mlflow_error), "mlflow", "MLflow scoring protocol",
+    out.post(["/invocations"], service.guard(invocations, mlflow_error), "mlflow", "MLflow scoring protocol",
              body_doc({JSON: {"schema": INVOCATIONS_BODY},
                        "text/csv": {"schema": {"type": "string", "description": "a header row (hl feature names) "
                                                                                 "then rows of numbers"}}},

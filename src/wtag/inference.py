@@ -411,13 +411,17 @@ class OnnxTagger:
         """Validated model inputs computed from canonical jets with the training feature code."""
         if len(jets) == 0:
             raise WtagError("no jets to score (empty batch)")
+        self.check_feature_code()
+        return self.validate(model_inputs(jets, self.inputs, max_particles=self.max_particles))
+
+    def check_feature_code(self) -> None:
+        """WtagError unless this code computes the features the model was trained on, in the same order."""
         if schema.INPUT_HL in self.inputs and self.hl_features != schema.HL_FEATURES:
             raise WtagError(f"model {self.source.uri} was trained on hl features {list(self.hl_features)}, "
                             f"but this code computes {list(schema.HL_FEATURES)}")
         if schema.INPUT_PARTICLES in self.inputs and self.particle_features != schema.PARTICLE_FEATURES:
             raise WtagError(f"model {self.source.uri} was trained on particle features "
                             f"{list(self.particle_features)}, but this code computes {list(schema.PARTICLE_FEATURES)}")
-        return self.validate(model_inputs(jets, self.inputs, max_particles=self.max_particles))
 
     def score_jets(self, jets: ak.Array) -> np.ndarray:
         """Scores for canonical jets (substructure fields filled in, e.g. by ``wtag.features.complete_jets``)."""
