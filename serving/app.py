@@ -7,10 +7,12 @@ Every error a client can cause is a 4xx in the protocol's error style; /metrics 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,15 +26,20 @@ from serving.batcher import BatcherStopped
 from serving.edge import OPEN_PATHS, EdgeMiddleware
 from serving.protocols import PROTOCOLS
 from serving.service import Service
-from serving.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+from serving.settings import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 from serving.wire import RequestError, error_response
 from wtag.errors import WtagError
 
 log = logging.getLogger("wtag.serving")
+# Seconds in-flight requests get to finish once shutdown begins (HTTP, then gRPC).
+HTTP_GRACE_S = 10
+GRPC_GRACE_S = 5
 
 
-def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings | None = None) -> FastAPI:
-    """Load the model (path, MLflow URI or bytes) and build the app; nothing is shared between apps."""
+def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings | None = None,
+               grpc_address: tuple[str, int] | None = None) -> FastAPI:
+    """Load the model (path, MLflow URI or bytes) and build the app; nothing is shared between apps. With
+    ``grpc_address`` (host, port), the KServe v2 gRPC service runs beside it, started and stopped with it."""
     service = Service.load(model, settings or ServerSettings())
     tagger = service.tagger
     log.info("serving model %s (registered model %s, version %s) sha256 %s tagger %s inputs %s on %s",
@@ -42,9 +49,16 @@ def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings |
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.start()
+        grpc_server = None
         try:
+            if grpc_address is not None:
+                from serving.protocols.kserve_grpc import start_server
+
+                grpc_server = await start_server(service, *grpc_address)
             yield
         finally:
+            if grpc_server is not None:  # HTTP has drained; in-flight gRPC calls get GRPC_GRACE_S to finish
+                await grpc_server.stop(GRPC_GRACE_S)
             await service.stop()
 
     app = FastAPI(title="wtag scoring server", version=wtag.__version__, lifespan=lifespan,
@@ -113,20 +127,38 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
-def run(model: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: ServerSettings | None = None) -> None:
-    """Serve ``model`` until interrupted (uvloop and httptools are used when installed)."""
+def run(model: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: ServerSettings | None = None,
+        grpc_port: int = DEFAULT_GRPC_PORT, workers: int = 1) -> None:
+    """Serve ``model`` until interrupted: one process, or ``workers`` processes sharing the ports (SO_REUSEPORT)
+    under a supervising parent (``serving.workers``). ``grpc_port`` 0: no gRPC endpoint."""
+    settings = settings or ServerSettings()
+    if workers > 1:
+        from serving.workers import supervise
+
+        supervise(model, host, port, dataclasses.replace(settings, workers=workers), grpc_port, workers)
+        return
+    serve_process(model, host, port, settings, grpc_port)
+
+
+def serve_process(model: str, host: str, port: int, settings: ServerSettings, grpc_port: int,
+                  sock: socket.socket | None = None, ready: Callable[[], None] | None = None) -> None:
+    """One server process: build the app, then uvicorn (uvloop and httptools when installed) on ``host:port``
+    or the given socket; SIGTERM or Ctrl-C drains in-flight requests for up to HTTP_GRACE_S."""
     import uvicorn
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    app = create_app(model, settings or ServerSettings())
+    app = create_app(model, settings, (host, grpc_port) if grpc_port else None)
     # The ~100k objects of the imported libraries and the model never die; freezing them keeps full garbage
     # collections (tens of ms over that heap) out of request latency.
     gc.freeze()
-    log.info("listening on http://%s:%d", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, server_header=False,
-                timeout_keep_alive=30, timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False, server_header=False,
+                            timeout_keep_alive=30, timeout_graceful_shutdown=HTTP_GRACE_S)
+    log.info("listening on http://%s:%d (pid %d)", host, port, os.getpid())
+    if ready is not None:
+        ready()
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 
 __all__ = ["OPEN_PATHS", "ServerSettings", "create_app", "run"]

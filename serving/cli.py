@@ -8,7 +8,8 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
-from serving.settings import _ENV_FIELDS, DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, ServerSettings
+from serving.settings import (_ENV_FIELDS, DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_PORT, MAX_DEFAULT_WORKERS,
+                              TOKEN_ENV, ServerSettings, default_workers)
 from wtag import schema
 from wtag.errors import WtagError, exit_status
 from wtag.inference import DEVICES
@@ -32,6 +33,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"ONNX file, MLflow model dir or URI (default {DEFAULT_MODEL})")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
+                        help=f"KServe v2 gRPC port (default {DEFAULT_GRPC_PORT}; 0: no gRPC)")
+    parser.add_argument("--workers", type=int, help="server processes sharing the ports (default: one per usable "
+                                                    f"core, at most {MAX_DEFAULT_WORKERS}; here {default_workers()})")
     for flag, field, kind in _SETTING_FLAGS:
         default = defaults[field] if defaults[field] is not None else "from the usable cores"
         parser.add_argument(flag, type=kind, help=f"default {default} (env {_ENV_FIELDS[field]})")
@@ -58,16 +63,21 @@ def serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` until interrupted; WtagError for bad settings, a bad model or a busy port."""
     from serving.app import run
 
-    if not 0 <= args.port <= 65535:
-        raise WtagError(f"port {args.port} is not in 0..65535")
+    for flag, value in (("port", args.port), ("grpc-port", args.grpc_port)):
+        if not 0 <= value <= 65535:
+            raise WtagError(f"--{flag} {value} is not in 0..65535")
+    if args.grpc_port and args.grpc_port == args.port:
+        raise WtagError(f"--grpc-port {args.grpc_port} is the HTTP port too")
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise WtagError(f"--workers must be >= 1, got {workers}")
     settings = settings_from(args)
-    if args.model.startswith(("models:/", "runs:/")):
-        import mlflow
-
+    if args.model.startswith(("models:/", "runs:/")) and not os.environ.get("MLFLOW_TRACKING_URI"):
+        # the project's tracking server (wtag.cli's default), for this process and the workers it starts
         from wtag.cli import DEFAULT_TRACKING_URI
 
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-    run(args.model, host=args.host, port=args.port, settings=settings)
+        os.environ["MLFLOW_TRACKING_URI"] = DEFAULT_TRACKING_URI
+    run(args.model, host=args.host, port=args.port, settings=settings, grpc_port=args.grpc_port, workers=workers)
     return 0
 
 

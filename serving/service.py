@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import importlib
 import logging
 import multiprocessing
 import zlib
@@ -66,7 +67,7 @@ class Service:
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def check_model(self, model_name: str, version: str | None = None) -> None:
         if model_name != MODEL_NAME:
@@ -185,14 +186,13 @@ class Service:
 
 
 def decode_pool(processes: int) -> concurrent.futures.Executor:
-    """Processes (forkserver: never forked from this threaded process) that decode bodies and compute jet
-    features; with 0, one thread instead. Started now, so their start-up is not a request's latency."""
+    """Processes that decode bodies and compute jet features (spawned: never forked from this threaded process;
+    each dies with the server, however it ends); with 0, one thread instead. Started now, so their start-up
+    is not a request's latency."""
     if processes == 0:
         return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wtag-decode")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["serving.protocols"])
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=context,
-                                                  initializer=_ignore_interrupts)
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_decode_process_init)
     for started in [pool.submit(_ready) for _ in range(processes)]:
         started.result()
     return pool
@@ -202,11 +202,15 @@ def _ready() -> None:
     """Touched once per decode process at start-up."""
 
 
-def _ignore_interrupts() -> None:
-    """Decode processes leave Ctrl-C and SIGTERM to the server, which shuts them down in order."""
+def _decode_process_init() -> None:
+    """Ctrl-C is the server's to handle; and a decode process is killed when its server dies (Linux)."""
+    import ctypes
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    importlib.import_module("serving.protocols")  # what the decode functions need, before the first request
 
 
 def inflate(body: bytes, content_encoding: str, limit: int) -> bytes:

@@ -218,8 +218,13 @@ def server_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
 @contextlib.contextmanager
 def serve(model: Path, log: Path, *args: str, env: dict[str, str | None] | None = None,
           ready_path: str = "/v2/health/ready") -> Iterator[Server]:
-    """``python -m serving`` on a free port; waits for readiness, always terminates the process."""
+    """``python -m serving`` on a free port; waits for readiness, always terminates the process. One worker and
+    no gRPC endpoint unless ``args`` ask for them."""
     port = free_port()
+    if "--workers" not in args:
+        args = (*args, "--workers", "1")
+    if "--grpc-port" not in args:
+        args = (*args, "--grpc-port", "0")
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "serving", "--model", str(model), "--port", str(port), *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=server_env(env))

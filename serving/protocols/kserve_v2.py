@@ -13,8 +13,13 @@ from starlette.responses import Response
 import wtag
 from serving.routing import BINARY, Routes, body_doc
 from serving.service import MODEL_NAME, Service
+from serving.settings import ServerSettings
 from serving.wire import JSON, RequestError, dumps, json_object, loads, numbers
 from wtag import schema
+from wtag.inference import OnnxTagger
+
+# The server metadata's Triton extensions (the configuration is served too, at /v2/models/wtag/config).
+EXTENSIONS = ["binary_tensor_data"]
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -141,6 +146,33 @@ def v2_model_metadata(input_shapes: Mapping[str, Sequence[int | None]], version:
 
 
 
+def model_config(tagger: OnnxTagger, settings: ServerSettings) -> Any:
+    """Triton's model configuration (a ``model_config_pb2.ModelConfig``) with the server's real limits:
+    ``max_batch_size`` is the most jets one request may hold, dynamic batching merges requests into runs of
+    ``preferred_batch_size`` jets after at most the queue delay, and the queue policy rejects (429 /
+    UNAVAILABLE) past ``max_inflight_requests`` and times out after the request timeout."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    inputs = [mc.ModelInput(name=name, data_type=mc.TYPE_FP32, dims=[-1 if d is None else d for d in shape[1:]])
+              for name, shape in tagger.input_shapes.items()]
+    policy = mc.ModelQueuePolicy(timeout_action=mc.ModelQueuePolicy.REJECT,
+                                 default_timeout_microseconds=int(settings.request_timeout_s * 1e6),
+                                 max_queue_size=settings.max_inflight_requests)
+    return mc.ModelConfig(
+        name=MODEL_NAME, platform="onnxruntime_onnx", backend="onnxruntime",
+        version_policy=mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=[int(tagger.version)]))
+        if tagger.version.isdigit() else None,
+        max_batch_size=settings.max_jets_per_request, input=inputs,
+        output=[mc.ModelOutput(name=schema.OUTPUT_SCORE, data_type=mc.TYPE_FP32, dims=[1],
+                               reshape=mc.ModelTensorReshape(shape=[]))],
+        dynamic_batching=mc.ModelDynamicBatching(
+            preferred_batch_size=[settings.max_batch_size],
+            max_queue_delay_microseconds=int(settings.max_queue_delay_ms * 1000), default_queue_policy=policy),
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_GPU
+                                              if tagger.provider == "CUDAExecutionProvider"
+                                              else mc.ModelInstanceGroup.KIND_CPU)])
+
+
 _V2_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
     "name": {"type": "string"},
     "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
@@ -167,7 +199,7 @@ def routes(service: Service) -> Routes:
 
     @out.router.get("/v2", tags=["kserve-v2"], summary="KServe v2 server metadata")
     async def v2_server() -> Response:
-        return Response(dumps({"name": "wtag", "version": wtag.__version__, "extensions": ["binary_tensor_data"]}),
+        return Response(dumps({"name": "wtag", "version": wtag.__version__, "extensions": EXTENSIONS}),
                         media_type=JSON)
 
     @out.router.get("/v2/models/{model_name}", tags=["kserve-v2"], summary="KServe v2 model metadata")
@@ -183,6 +215,17 @@ def routes(service: Service) -> Routes:
     async def v2_model_ready(model_name: str, version: str | None = None) -> Response:
         service.check_model(model_name, version)
         return Response(dumps({"name": MODEL_NAME, "ready": True}), media_type=JSON)
+
+    @out.router.get("/v2/models/{model_name}/config", tags=["kserve-v2"],
+                    summary="Triton model configuration: batch limits, dynamic batching, inputs and outputs")
+    @out.router.get("/v2/models/{model_name}/versions/{version}/config", tags=["kserve-v2"],
+                    summary="Triton model configuration: batch limits, dynamic batching, inputs and outputs")
+    async def v2_model_config(model_name: str, version: str | None = None) -> Response:
+        from google.protobuf import json_format
+
+        service.check_model(model_name, version)
+        config = model_config(tagger, service.settings)
+        return Response(dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)), media_type=JSON)
 
     async def v2_infer(request: Request) -> Response:
         service.check_model(request.path_params["model_name"], request.path_params.get("version"))
