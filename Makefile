@@ -37,7 +37,7 @@ tracking-stop: setup
 
 demo: tracking
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mlflow run . -e main --env-manager local --experiment-name $(MLFLOW_EXPERIMENT_NAME)
-	$(BIN)/python -m serving.demo --model models:/wtag@champion --port $(SERVE_PORT) --data ../shared/data
+	$(BIN)/python examples/score_demo.py --model models:/wtag@champion --port $(SERVE_PORT) --data ../shared/data
 
 serve: setup
 	$(BIN)/wtag serve --model models:/wtag@champion --port $(SERVE_PORT)

@@ -43,7 +43,7 @@ def load_inputs(dataset: Path | None, arrays: Path | None) -> dict[str, np.ndarr
 
 def tagger_name(path: Path) -> str:
     meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return meta.get("wtag.tagger", path.stem)
+    return meta.get(schema.Meta.TAGGER, path.stem)
 
 
 def feeds(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:

@@ -56,7 +56,7 @@ def tutorial_dnn(seed: int = 7) -> onnx.ModelProto:
     std = np.array([40, 40, 0.2, 0.1, 0.08, 0.2, 0.2, 20, 80, 1], dtype=np.float32)
     inits = [numpy_helper.from_array(mean, "mean"), numpy_helper.from_array(std, "std"),
              numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat")]
-    nodes = [helper.make_node("Sub", ["hl", "mean"], ["centred"]), helper.make_node("Div", ["centred", "std"], ["x0"])]
+    nodes = [helper.make_node("Sub", [schema.INPUT_HL, "mean"], ["centred"]), helper.make_node("Div", ["centred", "std"], ["x0"])]
     width, prev = 64, "x0"
     for layer, (fan_in, fan_out) in enumerate([(n_in, width), (width, width), (width, width), (width, 1)]):
         w = rng.normal(0, np.sqrt(2.0 / fan_in), (fan_in, fan_out)).astype(np.float32)
@@ -73,9 +73,10 @@ def tutorial_dnn(seed: int = 7) -> onnx.ModelProto:
         [helper.make_tensor_value_info(schema.OUTPUT_SCORE, TensorProto.FLOAT, ["N"])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    for key, value in {"wtag.tagger": "dnn", "wtag.inputs": json.dumps([schema.INPUT_HL]),
-                       "wtag.hl_features": json.dumps(list(schema.HL_FEATURES)), "wtag.preprocessing": "baked",
-                       "wtag.max_particles": str(schema.MAX_PARTICLES)}.items():
+    for key, value in {schema.Meta.TAGGER: "dnn", schema.Meta.INPUTS: json.dumps([schema.INPUT_HL]),
+                       schema.Meta.HL_FEATURES: json.dumps(list(schema.HL_FEATURES)),
+                       schema.Meta.PREPROCESSING: "baked",
+                       schema.Meta.MAX_PARTICLES: str(schema.MAX_PARTICLES)}.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.checker.check_model(model)
     return model
@@ -102,13 +103,14 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 @contextlib.contextmanager
 def process(cmd: Sequence[str], ready_url: str, log: Path, env: dict[str, str] | None = None,
-            timeout: float = 180.0) -> Iterator[None]:
-    """Start a server in its own process group; stop the whole group afterwards, whatever happens."""
+            timeout: float = 180.0) -> Iterator[int]:
+    """Start a server in its own process group (yields its pid); stop the whole group afterwards, whatever
+    happens."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         wait_ready(ready_url, proc, timeout)
-        yield
+        yield proc.pid
     except RuntimeError:
         print(log.read_text()[-3000:], file=sys.stderr)
         raise
@@ -166,13 +168,13 @@ def requests_for(protocol: str, inputs: dict[str, np.ndarray]) -> Request:
     if protocol == "v2-json":
         payload = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "FP32", "data": v.ravel().tolist()}
                               for k, v in inputs.items()]}
-        return Request("/v2/models/wtag/infer", json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        return Request(f"/v2/models/{schema.REGISTERED_MODEL}/infer", json.dumps(payload).encode(), {"Content-Type": "application/json"})
     if protocol == "v2-binary":
         header = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "FP32",
                               "parameters": {"binary_data_size": v.nbytes}} for k, v in inputs.items()],
                   "outputs": [{"name": schema.OUTPUT_SCORE, "parameters": {"binary_data": True}}]}
         head = json.dumps(header).encode()
-        return Request("/v2/models/wtag/infer", head + b"".join(v.tobytes() for v in inputs.values()),
+        return Request(f"/v2/models/{schema.REGISTERED_MODEL}/infer", head + b"".join(v.tobytes() for v in inputs.values()),
                        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))})
     if protocol == "npy":
         if len(names) == 1:

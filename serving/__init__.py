@@ -1,7 +1,3 @@
-"""The wtag scoring server: ``create_app`` builds the FastAPI app for one ONNX model, ``run`` serves it."""
-from __future__ import annotations
-
-from serving.app import create_app, run
-from serving.settings import ServerSettings
-
-__all__ = ["ServerSettings", "create_app", "run"]
+"""The wtag scoring server: ``serving.app.create_app`` builds the app for one ONNX model, ``serving.app.run``
+serves it, ``serving.cli`` is the ``serve`` command. Importing the package itself loads nothing, so the
+``wtag`` command can discover ``serving.cli`` without starting the web stack."""

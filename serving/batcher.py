@@ -7,6 +7,10 @@ one-thread executor so the event loop keeps accepting requests meanwhile; those 
 no other request is in flight, a run expected (from the times of earlier runs) to take under
 ``INLINE_BUDGET_S`` runs on the loop directly: with nothing to overlap, the thread hand-off (the two threads
 trade the GIL) costs more than it saves.
+
+With ``split_rows`` set, a request of more rows is scored in slices of at most that many, and each run takes
+the whole requests waiting first and fills the rest with the next slice of a big one: a small request waits for
+at most one slice, never for a whole 100,000-jet request (head-of-line blocking).
 """
 from __future__ import annotations
 
@@ -57,21 +61,32 @@ class _Item:
     inputs: Mapping[str, np.ndarray]
     rows: int
     future: asyncio.Future[np.ndarray]
+    taken: int = 0  # rows already handed to runs (slices of a split request)
+    parts: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _Slice:
+    item: _Item
+    start: int
+    stop: int
 
 
 class DynamicBatcher:
     """Merges concurrent scoring requests; ``observe(jets, requests, seconds)`` is told about every run."""
 
     def __init__(self, run: RunFn, max_batch_size: int, max_queue_delay_s: float,
-                 observe: BatchObserver | None = None) -> None:
+                 observe: BatchObserver | None = None, split_rows: int | None = None) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
+        self.split_rows = split_rows
         self._observe = observe
         self._items: collections.deque[_Item] = collections.deque()
         self._arrived = asyncio.Event()
         self._announced = 0
         self._active = 0
+        self.pending_rows = 0  # rows submitted and not yet scored (queued or running)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
         self.cost = RunCost()
@@ -83,6 +98,10 @@ class DynamicBatcher:
     def start(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wtag-ort")
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="wtag-batcher")
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -109,11 +128,12 @@ class DynamicBatcher:
 
     async def submit(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores for validated inputs, computed in whichever batch the request lands in."""
-        if self._worker is None or self._worker.done():
+        if not self.running:
             raise BatcherStopped("the batching worker is not running")
         rows = len(next(iter(inputs.values())))
         item = _Item(inputs, rows, asyncio.get_running_loop().create_future())
         self._items.append(item)
+        self.pending_rows += rows
         self._arrived.set()
         # Submitting ends this request's announcement early: the worker must not wait for it any more.
         self._announced -= 1
@@ -121,6 +141,10 @@ class DynamicBatcher:
             return await item.future
         finally:
             self._announced += 1
+            self.pending_rows -= rows
+
+    def _split(self, item: _Item) -> bool:
+        return self.split_rows is not None and item.rows > self.split_rows
 
     async def _next_item(self, timeout: float | None) -> _Item | None:
         """The oldest live item; wait up to ``timeout`` seconds for one (forever when None)."""
@@ -147,7 +171,9 @@ class DynamicBatcher:
             first = carry if carry is not None and not carry.future.done() else await self._next_item(None)
             carry = None
             assert first is not None
-            batch, rows = [first], first.rows
+            batch: list[_Slice] = []
+            big: list[_Item] = []  # split requests met while forming: they fill what whole requests leave
+            rows = self._add(first, batch, big, 0)
             deadline = loop.time() + self.max_queue_delay_s
             while rows < self.max_batch_size:
                 waiting_for_others = self._announced > 0
@@ -155,12 +181,30 @@ class DynamicBatcher:
                 item = await self._next_item(timeout)
                 if item is None:
                     break
-                if rows + item.rows > self.max_batch_size:
+                if not self._split(item) and rows + item.rows > self.max_batch_size:
                     carry = item
                     break
-                batch.append(item)
-                rows += item.rows
-            await self._run_batch(batch, rows)
+                rows = self._add(item, batch, big, rows)
+            for item in big:
+                if rows < self.max_batch_size and item.taken < item.rows:
+                    rows = self._take(item, batch, rows, self.max_batch_size - rows)
+                if item.taken < item.rows:
+                    self._items.append(item)  # its next slice after the requests queued behind it
+            if batch:
+                await self._run_batch(batch, rows)
+
+    def _add(self, item: _Item, batch: list[_Slice], big: list[_Item], rows: int) -> int:
+        """Add a whole request to the batch, or set a split one aside; the batch's rows after."""
+        if self._split(item):
+            big.append(item)
+            return rows
+        return self._take(item, batch, rows, item.rows)
+
+    def _take(self, item: _Item, batch: list[_Slice], rows: int, room: int) -> int:
+        size = min(item.rows - item.taken, room, self.split_rows if self._split(item) else item.rows)
+        batch.append(_Slice(item, item.taken, item.taken + size))
+        item.taken += size
+        return rows + size
 
     def _timed_run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float]:
         """The run and its own duration (timed where it runs, so hand-off delays do not count)."""
@@ -168,12 +212,14 @@ class DynamicBatcher:
         scores = self._run(inputs)
         return scores, time.perf_counter() - start
 
-    async def _run_batch(self, batch: list[_Item], rows: int) -> None:
+    async def _run_batch(self, batch: list[_Slice], rows: int) -> None:
         loop = asyncio.get_running_loop()
-        if len(batch) == 1:
-            merged = batch[0].inputs
+        whole = [s for s in batch if s.start == 0 and s.stop == s.item.rows]
+        if len(batch) == 1 and whole:
+            merged = batch[0].item.inputs
         else:
-            merged = {name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
+            merged = {name: np.concatenate([s.item.inputs[name][s.start:s.stop] for s in batch])
+                      for name in batch[0].item.inputs}
         predicted = self.cost.predict(rows)
         alone = self._active <= len(batch)
         try:
@@ -182,15 +228,22 @@ class DynamicBatcher:
             else:
                 scores, seconds = await loop.run_in_executor(self._executor, self._timed_run, merged)
         except Exception as exc:  # hand the model's failure to every waiting request
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            for s in batch:
+                if not s.item.future.done():
+                    s.item.future.set_exception(exc)
             return
         self.cost.update(rows, seconds)
         if self._observe is not None:
             self._observe(rows, len(batch), seconds)
         offset = 0
-        for item in batch:
-            if not item.future.done():
-                item.future.set_result(scores[offset:offset + item.rows])
-            offset += item.rows
+        for s in batch:
+            part = scores[offset:offset + s.stop - s.start]
+            offset += s.stop - s.start
+            if s.item.future.done():
+                continue
+            if s.start == 0 and s.stop == s.item.rows:
+                s.item.future.set_result(part)
+                continue
+            s.item.parts.append(part)
+            if s.stop == s.item.rows:
+                s.item.future.set_result(np.concatenate(s.item.parts))

@@ -1,53 +1,87 @@
-"""The ``serve`` command: ``wtag serve`` (added to wtag's CLI through the ``wtag.commands`` entry point, so the
-library never imports the server) and ``python -m serving``."""
+"""The ``serve`` command: ``add_serve_parser`` adds it to a command-line (``wtag serve``, found through the
+``wtag.commands`` entry point), ``main`` runs it alone (``python -m serving``). Defaults come from
+``serving.settings``; a flag left out falls back to its ``WTAG_SERVE_*`` variable, then to that default."""
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
+import os
 from collections.abc import Sequence
 
-from serving.settings import ServerSettings
-from wtag.errors import exit_status
-from wtag.schema import CHAMPION_ALIAS, REGISTERED_MODEL
-from wtag.tracking import tracking_uri_from_env
+from serving.settings import (_ENV_FIELDS, DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_PORT, MAX_DEFAULT_WORKERS,
+                              TOKEN_ENV, ServerSettings, default_workers)
+from wtag import schema
+from wtag.errors import WtagError, exit_status
+from wtag.inference import DEVICES
+from wtag.tracking import DEFAULT_TRACKING_URI
 
-DEFAULT_MODEL = f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
+DEFAULT_MODEL = f"models:/{schema.REGISTERED_MODEL}@{schema.CHAMPION_ALIAS}"
+# Flags that map one to one onto ServerSettings fields: (flag, field, type).
+_SETTING_FLAGS = (("--max-batch-size", "max_batch_size", int), ("--max-queue-delay-ms", "max_queue_delay_ms", float),
+                  ("--max-body-bytes", "max_body_bytes", int), ("--request-timeout-s", "request_timeout_s", float),
+                  ("--intra-op-threads", "intra_op_threads", int),
+                  ("--max-inflight-requests", "max_inflight_requests", int),
+                  ("--max-queued-jets", "max_queued_jets", int),
+                  ("--max-jets-per-request", "max_jets_per_request", int),
+                  ("--max-candidates-per-jet", "max_candidates_per_jet", int),
+                  ("--max-root-bytes", "max_root_bytes", int),
+                  ("--decode-processes", "decode_processes", int))
 
 
-def _serve(args: argparse.Namespace) -> int:
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(ServerSettings)}
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"ONNX file, MLflow model dir or URI (default {DEFAULT_MODEL})")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
+                        help=f"KServe v2 gRPC port (default {DEFAULT_GRPC_PORT}; 0: no gRPC)")
+    parser.add_argument("--workers", type=int, help="server processes sharing the ports (default: one per usable "
+                                                    f"core, at most {MAX_DEFAULT_WORKERS}; here {default_workers()})")
+    for flag, field, kind in _SETTING_FLAGS:
+        default = defaults[field] if defaults[field] is not None else "from the usable cores"
+        parser.add_argument(flag, type=kind, help=f"default {default} (env {_ENV_FIELDS[field]})")
+    parser.add_argument("--device", choices=DEVICES, help=f"default {defaults['device']} (env {_ENV_FIELDS['device']})")
+    parser.epilog = f"Set {TOKEN_ENV} to require 'Authorization: Bearer <token>' (an empty value is refused)."
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to a CLI's subparsers; it sets ``func`` to :func:`serve`."""
+    parser = subparsers.add_parser("serve", help="serve a model over REST with ONNX Runtime",
+                                   description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    parser.set_defaults(func=serve)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """The server settings: flags first, then WTAG_SERVE_* variables, then the defaults."""
+    overrides = {field: getattr(args, field) for _, field, _ in _SETTING_FLAGS}
+    return ServerSettings.from_env(device=args.device, **overrides)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve ``args.model`` until interrupted; WtagError for bad settings, a bad model or a busy port."""
     from serving.app import run
 
-    if args.model.startswith(("models:/", "runs:/")):
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri_from_env())
-    body = None if args.max_body_mb is None else int(args.max_body_mb * 1024 * 1024)
-    # Options left unset fall through to WTAG_SERVE_* variables, then to ServerSettings' defaults.
-    settings = ServerSettings.from_env(max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-                                       max_body_bytes=body, device=args.device)
-    run(args.model, host=args.host, port=args.port, settings=settings)
+    for flag, value in (("port", args.port), ("grpc-port", args.grpc_port)):
+        if not 0 <= value <= 65535:
+            raise WtagError(f"--{flag} {value} is not in 0..65535")
+    if args.grpc_port and args.grpc_port == args.port:
+        raise WtagError(f"--grpc-port {args.grpc_port} is the HTTP port too")
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise WtagError(f"--workers must be >= 1, got {workers}")
+    settings = settings_from(args)
+    if args.model.startswith(("models:/", "runs:/")) and not os.environ.get("MLFLOW_TRACKING_URI"):
+        # the project's tracking server, for this process and the workers it starts
+        os.environ["MLFLOW_TRACKING_URI"] = DEFAULT_TRACKING_URI
+    run(args.model, host=args.host, port=args.port, settings=settings, grpc_port=args.grpc_port, workers=workers)
     return 0
 
 
-def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``serve`` to a subcommand table. Unset settings come from the environment, then ServerSettings."""
-    d = ServerSettings
-    p = sub.add_parser("serve", help="serve a model over REST with ONNX Runtime")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="registry URI, runs:/ URI or .onnx path")
-    p.add_argument("--host", default=DEFAULT_HOST)
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--max-batch-size", type=int, help=f"default {d.max_batch_size}")
-    p.add_argument("--max-queue-delay-ms", type=float, help=f"default {d.max_queue_delay_ms}")
-    p.add_argument("--max-body-mb", type=float, help=f"default {d.max_body_bytes / (1024 * 1024):g}")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"default {d.device}")
-    p.set_defaults(func=_serve)
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wtag")
-    add_serve_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    return exit_status(lambda: args.func(args), "wtag serve")
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    return exit_status(lambda: serve(args), parser.prog)

@@ -1,4 +1,5 @@
-"""Server settings: one frozen object built at the edge (CLI or environment), then passed down explicitly."""
+"""Server settings: every serving default is declared here once, built at the edge (CLI or environment) into
+one frozen object, then passed down explicitly."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,10 +7,15 @@ import os
 from collections.abc import Mapping
 
 from wtag.errors import WtagError
-from wtag.inference import DEVICES
+from wtag.inference import DEFAULT_MAX_BATCH, DEVICES
 
 TOKEN_ENV = "WTAG_SERVE_TOKEN"
-# Optional numeric overrides, so ``make serve`` can be tuned without code changes.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_GRPC_PORT = 8081  # 0: no gRPC endpoint
+# Worker processes by default: one per usable core, at most this many (each holds its own model session).
+MAX_DEFAULT_WORKERS = 8
+# Optional overrides from the environment, so ``make serve`` can be tuned without code changes.
 _ENV_FIELDS = {
     "max_batch_size": "WTAG_SERVE_MAX_BATCH_SIZE",
     "max_queue_delay_ms": "WTAG_SERVE_MAX_QUEUE_DELAY_MS",
@@ -17,6 +23,12 @@ _ENV_FIELDS = {
     "request_timeout_s": "WTAG_SERVE_REQUEST_TIMEOUT_S",
     "device": "WTAG_SERVE_DEVICE",
     "intra_op_threads": "WTAG_SERVE_INTRA_OP_THREADS",
+    "max_inflight_requests": "WTAG_SERVE_MAX_INFLIGHT_REQUESTS",
+    "max_queued_jets": "WTAG_SERVE_MAX_QUEUED_JETS",
+    "max_jets_per_request": "WTAG_SERVE_MAX_JETS_PER_REQUEST",
+    "max_candidates_per_jet": "WTAG_SERVE_MAX_CANDIDATES_PER_JET",
+    "max_root_bytes": "WTAG_SERVE_MAX_ROOT_BYTES",
+    "decode_processes": "WTAG_SERVE_DECODE_PROCESSES",
 }
 
 
@@ -31,15 +43,29 @@ class ServerSettings:
     and the API document needs ``Authorization: Bearer <token>``. ``device``: auto, cpu or cuda.
     ``intra_op_threads``: ONNX Runtime threads per run; None leaves one of the usable cores to the event loop
     (``ort_threads()``): on a 2-core machine a second ORT thread competes with request parsing and loses.
+
+    Admission control (past a bound: 429 with Retry-After, counted in /metrics): ``max_inflight_requests``
+    scoring requests being read, decoded or scored at once; ``max_queued_jets`` jets submitted and not yet
+    scored. Caps per request (413 or 422 naming the cap): ``max_jets_per_request``,
+    ``max_candidates_per_jet`` (raw jets and files), ``max_root_bytes`` (a ROOT upload's decompressed size).
+    ``decode_processes``: processes that decode large bodies and compute raw-jet features off the event loop
+    (None: one per usable core; 0: in a thread of the server process instead).
     """
 
-    max_batch_size: int = 16384
+    max_batch_size: int = DEFAULT_MAX_BATCH
     max_queue_delay_ms: float = 2.0
     max_body_bytes: int = 256 * 1024 * 1024
     request_timeout_s: float = 60.0
     auth_token: str | None = None
     device: str = "auto"
     intra_op_threads: int | None = None
+    max_inflight_requests: int = 256
+    max_queued_jets: int = 1_000_000
+    max_jets_per_request: int = 250_000
+    max_candidates_per_jet: int = 1_000
+    max_root_bytes: int = 1024 * 1024 * 1024
+    decode_processes: int | None = None
+    workers: int = 1  # set by the process that starts the server: ORT threads are shared out among workers
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -54,6 +80,15 @@ class ServerSettings:
             raise WtagError(f"device '{self.device}' is not one of {', '.join(DEVICES)}")
         if self.intra_op_threads is not None and self.intra_op_threads < 1:
             raise WtagError(f"intra_op_threads must be >= 1, got {self.intra_op_threads}")
+        for name in ("max_inflight_requests", "max_queued_jets", "max_jets_per_request", "max_candidates_per_jet",
+                     "max_root_bytes", "workers"):
+            if getattr(self, name) < 1:
+                raise WtagError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_jets_per_request > self.max_queued_jets:
+            raise WtagError(f"max_jets_per_request ({self.max_jets_per_request}) must not exceed max_queued_jets "
+                            f"({self.max_queued_jets}): such a request could never be admitted")
+        if self.decode_processes is not None and self.decode_processes < 0:
+            raise WtagError(f"decode_processes must be >= 0, got {self.decode_processes}")
         if self.auth_token is not None and not self.auth_token.strip():
             raise WtagError(f"auth token ({TOKEN_ENV}) is empty; unset it to turn auth off")
 
@@ -61,30 +96,54 @@ class ServerSettings:
         """The ONNX Runtime intra-op thread count to use."""
         if self.intra_op_threads is not None:
             return self.intra_op_threads
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-        return max(1, usable - 1)
+        if self.workers > 1:
+            return max(1, usable_cores() // self.workers)
+        return max(1, usable_cores() - 1)
+
+    def decoders(self) -> int:
+        """Decode processes of this server process (the cores shared out among the workers)."""
+        if self.decode_processes is not None:
+            return self.decode_processes
+        return max(1, min(usable_cores(), MAX_DEFAULT_WORKERS) // self.workers)
+
+    def public(self) -> dict[str, object]:
+        """The settings a client may see (the token only as whether auth is on)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "auth_token"}
+        return {**values, "auth": self.auth_token is not None, "intra_op_threads": self.ort_threads(),
+                "decode_processes": self.decoders()}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ServerSettings:
-        """Settings from ``WTAG_SERVE_*`` variables (token from WTAG_SERVE_TOKEN); ``overrides`` win."""
+        """Settings from ``WTAG_SERVE_*`` variables (token from WTAG_SERVE_TOKEN); ``overrides`` win.
+
+        A set but empty WTAG_SERVE_TOKEN is an error, not "auth off": unset it to serve without a token.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        token = env.get(TOKEN_ENV)
-        if token:
-            values["auth_token"] = token
-        for field in dataclasses.fields(cls):
-            var = _ENV_FIELDS.get(field.name)
-            if var is None or not env.get(var):
+        if TOKEN_ENV in env:
+            values["auth_token"] = env[TOKEN_ENV]
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        for name, var in _ENV_FIELDS.items():
+            raw = env.get(var)
+            if not raw:
                 continue
-            raw = env[var]
-            kind = {"max_batch_size": int, "max_body_bytes": int, "intra_op_threads": int,
-                    "max_queue_delay_ms": float, "request_timeout_s": float, "device": str}[field.name]
+            kind = {"int": int, "float": float, "str": str, "int | None": int}[str(kinds[name])]
             try:
-                values[field.name] = kind(raw)
+                values[name] = kind(raw)
             except ValueError:
                 raise WtagError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(kinds)
         if unknown:
             raise WtagError(f"unknown server settings: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+def default_workers() -> int:
+    """Worker processes when none are asked for: one per usable core, at most MAX_DEFAULT_WORKERS."""
+    return max(1, min(usable_cores(), MAX_DEFAULT_WORKERS))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)

@@ -106,3 +106,35 @@ def keras_trained():
         return cache[name]
 
     return get
+
+
+# ------------------------------------------------------------------------------------------------ servers
+# One real ``python -m serving`` process per test session for each of these, shared by the test_serving_*
+# modules (started on first use).
+
+@pytest.fixture(scope="session")
+def hl_server(tmp_path_factory: pytest.TempPathFactory):
+    """hl model; a long queue delay and small max batch so batching and chunking are visible; no token."""
+    import onnx
+    from onnx_models import physical_hl_model, serve
+    from serving.settings import TOKEN_ENV
+
+    root = tmp_path_factory.mktemp("hl-server")
+    onnx.save(physical_hl_model(), str(root / "hl.onnx"))
+    with serve(root / "hl.onnx", root / "server.log", "--max-queue-delay-ms", "100", "--max-batch-size", "64",
+               env={TOKEN_ENV: None}) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def guarded_server(tmp_path_factory: pytest.TempPathFactory):
+    """Two-input model behind a bearer token, with a 200 kB body limit and a 2 s request timeout."""
+    import onnx
+    from onnx_models import TOKEN, hl_particles_model, serve
+    from serving.settings import TOKEN_ENV
+
+    root = tmp_path_factory.mktemp("guarded-server")
+    onnx.save(hl_particles_model(seed=11), str(root / "pfn.onnx"))
+    with serve(root / "pfn.onnx", root / "server.log", "--max-body-bytes", "200000", "--request-timeout-s", "2",
+               env={TOKEN_ENV: TOKEN}) as server:
+        yield server

@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from test_inference import N_HL, hl_model
+from onnx_models import N_HL, hl_model
+from wtag import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def test_inference_bench_reports_agreement_and_throughput(tmp_path: Path) -> Non
     model = tmp_path / "hl.onnx"
     onnx.save(hl_model(), str(model))
     x = np.random.default_rng(4).normal(size=(50, N_HL)).astype(np.float32)
-    native = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(["score"], {"hl": x})[0]
+    native = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run([schema.OUTPUT_SCORE], {schema.INPUT_HL: x})[0]
     np.savez(tmp_path / "inputs.npz", hl=x, native_dnn=native.reshape(-1) + 1e-3)
     out = tmp_path / "table.md"
     done = _bench(str(model), "--inputs", str(tmp_path / "inputs.npz"), "--sizes", "1", "120", "--duration", "0.05",

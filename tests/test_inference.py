@@ -6,13 +6,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import awkward as ak
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
+from onnx_models import N_HL, N_PART, hl_model, hl_particles_model, random_jets
 from wtag import schema
 from wtag.errors import WtagError
 from wtag.features import complete_jets, model_inputs
@@ -26,79 +26,9 @@ from wtag.inference import (
     load_model_bytes,
     select_providers,
 )
-from wtag.jets import make_jets
 
 # mlflow warns about its own type hints when mlflow.pyfunc is first imported (third-party, unavoidable).
 MLFLOW_IMPORT_WARNING = pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning")
-N_HL = len(schema.HL_FEATURES)
-N_PART = len(schema.PARTICLE_FEATURES)
-
-
-def _metadata(model: onnx.ModelProto, inputs: list[str], tagger: str) -> onnx.ModelProto:
-    for key, value in {"wtag.tagger": tagger, "wtag.inputs": json.dumps(inputs),
-                       "wtag.hl_features": json.dumps(list(schema.HL_FEATURES)),
-                       "wtag.particle_features": json.dumps(list(schema.PARTICLE_FEATURES)),
-                       "wtag.max_particles": str(schema.MAX_PARTICLES), "wtag.preprocessing": "baked"}.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    return model
-
-
-def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
-def hl_model(seed: int = 0, input_type: int = TensorProto.FLOAT, output: str = "score") -> onnx.ModelProto:
-    """Logistic regression on the hl table, as exported: raw float32 (N, 10) in, (N,) score out."""
-    rng = np.random.default_rng(seed)
-    weights = rng.normal(0, 0.05, (N_HL, 1)).astype(np.float32)
-    nodes = [helper.make_node("Cast", ["hl"], ["x"], to=TensorProto.FLOAT),
-             helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "b"], ["z1"]),
-             helper.make_node("Sigmoid", ["z1"], ["p"]), helper.make_node("Reshape", ["p", "flat"], [output])]
-    graph = helper.make_graph(
-        nodes, "hl_logreg", [helper.make_tensor_value_info("hl", input_type, ["N", N_HL])],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N"])],
-        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array([0.1], np.float32), "b"),
-         numpy_helper.from_array(np.array([-1], np.int64), "flat")])
-    return _metadata(_model(graph), ["hl"], "dnn")
-
-
-def hl_particles_model(seed: int = 1) -> onnx.ModelProto:
-    """Two inputs (hl and particles), so multi-input validation and batching are exercised."""
-    rng = np.random.default_rng(seed)
-    w = rng.normal(0, 0.05, (N_HL, 1)).astype(np.float32)
-    v = rng.normal(0, 0.05, (N_PART, 1)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["hl", "w"], ["zh"]), helper.make_node("Reshape", ["zh", "flat"], ["h"]),
-             helper.make_node("MatMul", ["particles", "v"], ["zp"]),
-             helper.make_node("ReduceSum", ["zp", "axes"], ["p"], keepdims=0),
-             helper.make_node("Add", ["h", "p"], ["z"]), helper.make_node("Sigmoid", ["z"], ["score"])]
-    graph = helper.make_graph(
-        nodes, "hl_particles",
-        [helper.make_tensor_value_info("hl", TensorProto.FLOAT, ["N", N_HL]),
-         helper.make_tensor_value_info("particles", TensorProto.FLOAT, ["N", schema.MAX_PARTICLES, N_PART])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(v, "v"),
-         numpy_helper.from_array(np.array([-1], np.int64), "flat"),
-         numpy_helper.from_array(np.array([1, 2], np.int64), "axes")])
-    return _metadata(_model(graph), ["hl", "particles"], "pfn")
-
-
-def random_jets(n: int, seed: int = 3) -> ak.Array:
-    """Two-prong jets of random PF candidates around eta 0.3, phi 1 (every field computed from candidates)."""
-    rng = np.random.default_rng(seed)
-    pts, etas, phis, ids, charges = [], [], [], [], []
-    for _ in range(n):
-        k = int(rng.integers(3, 40))
-        prong = rng.integers(0, 2, k)
-        pts.append(rng.exponential(15.0, k) + 1.0)
-        etas.append(0.3 + np.where(prong, 0.25, -0.1) + rng.normal(0, 0.08, k))
-        phis.append(1.0 + np.where(prong, -0.2, 0.1) + rng.normal(0, 0.08, k))
-        ids.append(rng.choice([211, -211, 22, 130, 11, -13], k))
-        charges.append(np.where(np.abs(ids[-1]) == 211, np.sign(ids[-1]), 0))
-    return make_jets({"ak7pfcand_pt": pts, "ak7pfcand_eta": etas, "ak7pfcand_phi": phis, "ak7pfcand_id": ids,
-                      "ak7pfcand_charge": charges})
 
 
 @pytest.fixture
@@ -110,7 +40,7 @@ def hl_path(tmp_path: Path) -> Path:
 
 def direct_scores(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=[CPU_PROVIDER])
-    return session.run(["score"], {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()})[0]
+    return session.run([schema.OUTPUT_SCORE], {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()})[0]
 
 
 def test_select_providers() -> None:
@@ -255,7 +185,7 @@ def test_models_breaking_the_contract_are_refused(tmp_path: Path) -> None:
         OnnxTagger(wrong_output)
     lying = hl_model()
     for prop in lying.metadata_props:
-        if prop.key == "wtag.inputs":
+        if prop.key == schema.Meta.INPUTS:
             prop.value = json.dumps(["images"])
     with pytest.raises(WtagError, match="metadata wtag.inputs .* does not match the graph inputs"):
         OnnxTagger(lying.SerializeToString())
@@ -308,7 +238,7 @@ def test_score_jets_uses_the_training_feature_code(two_input_tagger: OnnxTagger)
     jets = random_jets(25)
     expected = model_inputs(complete_jets(jets), ["hl", "particles"], max_particles=schema.MAX_PARTICLES)
     session = two_input_tagger.session
-    offline = session.run(["score"], expected)[0]
+    offline = session.run([schema.OUTPUT_SCORE], expected)[0]
     scores = two_input_tagger.score_jets(jets)
     np.testing.assert_array_equal(scores, offline)
     assert np.ptp(scores) > 0
@@ -316,7 +246,7 @@ def test_score_jets_uses_the_training_feature_code(two_input_tagger: OnnxTagger)
         two_input_tagger.score_jets(jets[:0])
     older = hl_particles_model()
     for prop in older.metadata_props:
-        if prop.key == "wtag.hl_features":
+        if prop.key == schema.Meta.HL_FEATURES:
             prop.value = json.dumps(list(reversed(schema.HL_FEATURES)))
     with pytest.raises(WtagError, match="was trained on hl features"):
         OnnxTagger(older.SerializeToString()).score_jets(jets)

@@ -143,6 +143,14 @@ class ModelSource:
     version: str | None = None
     sha256: str | None = None
 
+    @property
+    def public_uri(self) -> str:
+        """What to show clients: the MLflow URI as given, or only the file name of a local model (a server's
+        filesystem layout is nobody's business)."""
+        if self.path is None:
+            return self.uri
+        return Path(self.uri.rstrip("/")).name or Path(self.path).name
+
 
 def _onnx_file_in(directory: Path) -> Path:
     """The ONNX file of an MLflow model directory (``MLmodel`` names it) or the only ``.onnx`` file there."""
@@ -277,11 +285,11 @@ class OnnxTagger:
         self.inputs = tuple(i.name for i in self.session.get_inputs())
         self.input_shapes = {i.name: tuple(_dim(d) for d in i.shape) for i in self.session.get_inputs()}
         self._check_graph()
-        self.tagger = self.metadata.get("wtag.tagger")
-        self.hl_features = tuple(self._metadata_json("wtag.hl_features", list(schema.HL_FEATURES)))
-        self.particle_features = tuple(self._metadata_json("wtag.particle_features",
+        self.tagger = self.metadata.get(schema.Meta.TAGGER)
+        self.hl_features = tuple(self._metadata_json(schema.Meta.HL_FEATURES, list(schema.HL_FEATURES)))
+        self.particle_features = tuple(self._metadata_json(schema.Meta.PARTICLE_FEATURES,
                                                            list(schema.PARTICLE_FEATURES)))
-        self.max_particles = int(self._metadata_json("wtag.max_particles", schema.MAX_PARTICLES))
+        self.max_particles = int(self._metadata_json(schema.Meta.MAX_PARTICLES, schema.MAX_PARTICLES))
         if schema.INPUT_PARTICLES in self.input_shapes:
             graph_particles = self.input_shapes[schema.INPUT_PARTICLES][1]
             if graph_particles is not None:
@@ -310,14 +318,14 @@ class OnnxTagger:
         if outputs[schema.OUTPUT_SCORE].type != "tensor(float)":
             raise WtagError(f"{where}: output '{schema.OUTPUT_SCORE}' has type "
                             f"{outputs[schema.OUTPUT_SCORE].type}, expected tensor(float)")
-        declared = self.metadata.get("wtag.inputs")
+        declared = self.metadata.get(schema.Meta.INPUTS)
         if declared is not None:
             try:
                 names = json.loads(declared)
             except json.JSONDecodeError:
                 names = declared
             if sorted(names) != sorted(self.inputs):
-                raise WtagError(f"{where}: metadata wtag.inputs {declared} does not match the graph inputs "
+                raise WtagError(f"{where}: metadata {schema.Meta.INPUTS} {declared} does not match the graph inputs "
                                 f"{list(self.inputs)}")
 
     @property
@@ -326,10 +334,9 @@ class OnnxTagger:
         return self.source.version or "1"
 
     def describe(self) -> dict[str, object]:
-        """What is being served, for the metadata endpoint and the start-up log."""
+        """What is being served, for the metadata endpoint: URI, registry version and sha256, no local paths."""
         return {
-            "uri": self.source.uri,
-            "path": self.source.path,
+            "uri": self.source.public_uri,
             "registered_model": self.source.registered_name,
             "version": self.source.version,
             "sha256": self.sha256,
@@ -404,13 +411,17 @@ class OnnxTagger:
         """Validated model inputs computed from canonical jets with the training feature code."""
         if len(jets) == 0:
             raise WtagError("no jets to score (empty batch)")
+        self.check_feature_code()
+        return self.validate(model_inputs(jets, self.inputs, max_particles=self.max_particles))
+
+    def check_feature_code(self) -> None:
+        """WtagError unless this code computes the features the model was trained on, in the same order."""
         if schema.INPUT_HL in self.inputs and self.hl_features != schema.HL_FEATURES:
             raise WtagError(f"model {self.source.uri} was trained on hl features {list(self.hl_features)}, "
                             f"but this code computes {list(schema.HL_FEATURES)}")
         if schema.INPUT_PARTICLES in self.inputs and self.particle_features != schema.PARTICLE_FEATURES:
             raise WtagError(f"model {self.source.uri} was trained on particle features "
                             f"{list(self.particle_features)}, but this code computes {list(schema.PARTICLE_FEATURES)}")
-        return self.validate(model_inputs(jets, self.inputs, max_particles=self.max_particles))
 
     def score_jets(self, jets: ak.Array) -> np.ndarray:
         """Scores for canonical jets (substructure fields filled in, e.g. by ``wtag.features.complete_jets``)."""

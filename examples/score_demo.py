@@ -1,7 +1,7 @@
 """The end of ``make demo``: serve the champion, score real 2011A collision jets through the raw-jet route.
 
-    python -m serving.demo --model models:/wtag@champion [--port 8080] [--data ../shared/data]
-    python -m serving.demo --stop
+    python examples/score_demo.py --model models:/wtag@champion [--port 8080] [--data ../shared/data]
+    python examples/score_demo.py --stop
 
 The server is started in the background (pid and log in ``--state-dir``) and left running so the README's
 ``curl`` examples work afterwards; a server this command started earlier is stopped first. Jets come from the
@@ -27,7 +27,8 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
-from serving.settings import TOKEN_ENV
+from serving.cli import DEFAULT_MODEL
+from serving.settings import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV
 from wtag import schema
 from wtag.errors import WtagError
 from wtag.jets import read_jets
@@ -145,11 +146,11 @@ def histogram(scores: np.ndarray, bins: int = 10, width: int = 40) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python examples/score_demo.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models:/wtag@champion")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--state-dir", type=Path, default=Path("data/serve"), help="server pid and log")
     parser.add_argument("--stop", action="store_true", help="only stop the server a previous demo started")
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
           f"  curl -s -X POST {url}/v1/score-jets -H 'Content-Type: application/json' \\\n"
           "       -d '{\"jets\": [{\"pt\": [120.0, 80.0, 15.0], \"eta\": [0.10, 0.35, 0.2], "
           "\"phi\": [1.00, 1.30, 1.1]}]}'\n"
-          f"stop it with: python -m serving.demo --stop --state-dir {args.state_dir}")
+          f"stop it with: python examples/score_demo.py --stop --state-dir {args.state_dir}")
     return 0
 
 

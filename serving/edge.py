@@ -1,0 +1,92 @@
+"""The shared outer layer of every HTTP request: bearer-token check, early 413 from Content-Length, and
+per-route request metrics (labels bounded: route templates, known methods, status codes)."""
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.settings import ServerSettings
+from serving.telemetry import ServerMetrics
+from serving.wire import error_response
+
+# Probes and the API document stay reachable without a token (they carry no data).
+OPEN_PATHS = frozenset({"/ping", "/health", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/docs",
+                        "/docs/oauth2-redirect", "/redoc"})
+
+
+def _flatten(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Routes with FastAPI's included routers opened up (the protocol routers are included without prefix)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flatten(inner.routes)
+        else:
+            yield route
+
+
+class EdgeMiddleware:
+    """Outermost layer: bearer-token check, early 413 from Content-Length, and per-route metrics."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics,
+                 routes: Callable[[], list[BaseRoute]]) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.routes = routes
+        self._flat: list[BaseRoute] | None = None
+        self._expected = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        early = self._reject(scope)
+        try:
+            if early is not None:
+                await early(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route") or self._match(scope)
+            label = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(label, scope["method"], status[0], time.perf_counter() - start)
+
+    def _match(self, scope: Scope) -> BaseRoute | None:
+        """The route of a request the router did not label (plain Starlette routes, rejected requests)."""
+        if self._flat is None:
+            self._flat = list(_flatten(self.routes()))
+        for route in self._flat:
+            if route.matches(scope)[0] == Match.FULL:
+                return route
+        return None
+
+    def _reject(self, scope: Scope) -> Response | None:
+        headers = dict(scope["headers"])
+        if self._expected is not None and scope["path"] not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                return error_response(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                                      {"WWW-Authenticate": "Bearer"})
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                return error_response(400, f"Content-Length {length.decode('latin1')!r} is not an integer")
+            if size > self.settings.max_body_bytes:
+                return error_response(413, f"request body of {size} bytes exceeds the limit of "
+                                           f"{self.settings.max_body_bytes} bytes")
+        return None

@@ -1,0 +1,10 @@
+"""One module per protocol family, each owning its routes, wire formats and error style; ``serving.app``
+assembles them. Adding a protocol: a module with ``routes(service) -> Routes``, listed in ``PROTOCOLS``."""
+from __future__ import annotations
+
+from serving.protocols import arrays, info, jets, kserve_v2, mlflow
+
+# Order matters only for speed: the first routes are matched first.
+PROTOCOLS = (arrays, kserve_v2, mlflow, jets, info)
+
+__all__ = ["PROTOCOLS", "arrays", "info", "jets", "kserve_v2", "mlflow"]

@@ -1,0 +1,232 @@
+"""The served model and what every protocol does with a request: admission, read the body, decode it off the
+event loop, score through the batcher, check the model name, answer errors in the protocol's own style."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import importlib
+import logging
+import multiprocessing
+import zlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving.batcher import BatcherStopped, DynamicBatcher
+from serving.settings import ServerSettings
+from serving.telemetry import ServerMetrics
+from serving.wire import RequestError, error_response
+from wtag import schema
+from wtag.errors import WtagError
+from wtag.inference import OnnxTagger
+
+log = logging.getLogger("wtag.serving")
+
+# The name clients address the model by (KServe v2 and gRPC); the registry name it is published under.
+MODEL_NAME = schema.REGISTERED_MODEL
+
+# Bodies at least this large are decoded in a decode process; smaller ones cost less than the hand-off.
+OFFLOAD_BYTES = 64 * 1024
+RETRY_AFTER_S = 1
+Endpoint = Callable[[Request], Awaitable[Response]]
+ErrorStyle = Callable[[int, str, Mapping[str, str]], Response]
+
+
+@dataclasses.dataclass
+class Service:
+    """One model behind one batcher; built once per app, shared by every protocol module."""
+
+    tagger: OnnxTagger
+    settings: ServerSettings
+    metrics: ServerMetrics
+    batcher: DynamicBatcher
+    pool: concurrent.futures.Executor
+    in_flight: int = 0
+
+    @classmethod
+    def load(cls, model: Any, settings: ServerSettings) -> Service:
+        tagger = OnnxTagger(model, device=settings.device, max_batch=settings.max_batch_size,
+                            intra_op_threads=settings.ort_threads())
+        metrics = ServerMetrics(settings.max_batch_size)
+        metrics.model.labels(tagger.source.public_uri, tagger.version, tagger.sha256, tagger.provider,
+                             tagger.tagger or "").set(1)
+        tagger.run({name: np.zeros((1, *(d or 1 for d in shape[1:])), dtype=np.float32)
+                    for name, shape in tagger.input_shapes.items()})
+        batcher = DynamicBatcher(tagger.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000.0,
+                                 observe=metrics.observe_batch, split_rows=max(1, settings.max_batch_size // 4))
+        return cls(tagger, settings, metrics, batcher, decode_pool(settings.decoders()))
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def check_model(self, model_name: str, version: str | None = None) -> None:
+        if model_name != MODEL_NAME:
+            raise RequestError(404, f"unknown model '{model_name}'; this server serves '{MODEL_NAME}'")
+        if version is not None and version != self.tagger.version:
+            raise RequestError(404, f"model '{MODEL_NAME}' has no version '{version}' "
+                                    f"(serving {self.tagger.version})")
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one of ``max_inflight_requests`` places for a scoring request (429 when none is free), and
+        announce it to the batcher."""
+        if self.in_flight >= self.settings.max_inflight_requests:
+            self.reject("requests_in_flight", 429, f"{self.in_flight} requests in flight, the limit "
+                                                   f"(max_inflight_requests) is {self.settings.max_inflight_requests}; "
+                                                   f"retry after {RETRY_AFTER_S} s")
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            with self.batcher.announce():
+                yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    def reject(self, reason: str, status: int, message: str) -> None:
+        """Raise a rejection by a limit (429s carry Retry-After); ``guard`` counts it in /metrics."""
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else {}
+        raise RequestError(status, message, headers, reason)
+
+    def guard(self, endpoint: Endpoint, style: ErrorStyle = error_response) -> Endpoint:
+        """``endpoint`` with the errors a client can cause answered in a protocol's ``style``: RequestError with
+        its status (rejections by a limit counted), WtagError (invalid model inputs) as 422, a stopping batcher
+        as 503, anything else (a bug) as 500 with the details in the log."""
+
+        @functools.wraps(endpoint)
+        async def answer(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except RequestError as exc:
+                if exc.reason is not None:
+                    self.metrics.rejected.labels(exc.reason).inc()
+                return style(exc.status, exc.message, exc.headers)
+            except WtagError as exc:
+                return style(422, str(exc), {})
+            except BatcherStopped as exc:
+                return style(503, f"not scored: {exc}", {})
+            except Exception as exc:  # a bug: answered here, so the connection stays usable, and logged
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                return style(500, f"internal error ({type(exc).__name__}); see the server log", {})
+
+        return answer
+
+    def check_jets(self, n: int) -> None:
+        if n > self.settings.max_jets_per_request:
+            self.reject("jets_per_request", 413, f"the request holds {n} jets, more than the limit of "
+                                                 f"{self.settings.max_jets_per_request} jets per request "
+                                                 "(max_jets_per_request)")
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, decompressed if gzip/deflate, within ``max_body_bytes`` (413) and the timeout (408)."""
+        limit = self.settings.max_body_bytes
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestError(413, f"request body exceeds the limit of {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestError(408, f"request body not received within {self.settings.request_timeout_s} s") \
+                from None
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity")
+        if encoding.strip().lower() in ("identity", "") or len(body) < OFFLOAD_BYTES:
+            return inflate(body, encoding, limit)
+        return await self.offload(inflate, body, encoding, limit)
+
+    async def decode(self, fn: Callable[..., Any], body: bytes, *args: Any) -> Any:
+        """``fn(body, *args)``: in this thread for small bodies, in a decode process for large ones."""
+        if len(body) < OFFLOAD_BYTES:
+            return fn(body, *args)
+        return await self.offload(fn, body, *args)
+
+    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the decode pool, so the event loop keeps serving meanwhile (503 past the timeout)."""
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        except TimeoutError:
+            raise RequestError(503, f"decoding the request took longer than {self.settings.request_timeout_s} s; "
+                                    "the server is overloaded") from None
+        except concurrent.futures.BrokenExecutor:
+            raise RequestError(503, "a decode process died; the request was not scored") from None
+
+    async def score(self, inputs: Mapping[str, Any]) -> np.ndarray:
+        """Validated, then scored in whichever batch the request lands in (429 when too many jets are queued,
+        503 past the request timeout)."""
+        validated = self.tagger.validate(inputs)
+        rows = len(next(iter(validated.values())))
+        self.check_jets(rows)
+        if self.batcher.pending_rows + rows > self.settings.max_queued_jets:
+            self.reject("jets_queued", 429, f"{self.batcher.pending_rows} jets are queued and this request adds "
+                                            f"{rows}, past the limit (max_queued_jets) of "
+                                            f"{self.settings.max_queued_jets}; retry after {RETRY_AFTER_S} s")
+        self.metrics.queued_jets.inc(rows)
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await self.batcher.submit(validated)
+        except TimeoutError:
+            raise RequestError(503, f"scoring took longer than {self.settings.request_timeout_s} s; "
+                                    "the server is overloaded") from None
+        finally:
+            self.metrics.queued_jets.dec(rows)
+
+
+def decode_pool(processes: int) -> concurrent.futures.Executor:
+    """Processes that decode bodies and compute jet features (spawned: never forked from this threaded process;
+    each dies with the server, however it ends); with 0, one thread instead. Started now, so their start-up
+    is not a request's latency."""
+    if processes == 0:
+        return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wtag-decode")
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_decode_process_init)
+    for started in [pool.submit(_ready) for _ in range(processes)]:
+        started.result()
+    return pool
+
+
+def _ready() -> None:
+    """Touched once per decode process at start-up."""
+
+
+def _decode_process_init() -> None:
+    """Ctrl-C is the server's to handle; and a decode process is killed when its server dies (Linux)."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    importlib.import_module("serving.protocols")  # what the decode functions need, before the first request
+
+
+def inflate(body: bytes, content_encoding: str, limit: int) -> bytes:
+    """``body`` decoded per its Content-Encoding (identity, gzip, deflate), never beyond ``limit`` bytes."""
+    encoding = content_encoding.strip().lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise RequestError(415, f"Content-Encoding '{encoding}' is not supported (use gzip, deflate or none)")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise RequestError(400, f"request body is not valid {encoding} data ({exc})") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise RequestError(413, f"decompressed request body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise RequestError(400, f"request body is not valid {encoding} data (truncated stream)")
+    return data
