@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,16 @@ def test_inference_bench_reports_agreement_and_throughput(tmp_path: Path) -> Non
 def test_inference_bench_rejects_a_missing_model(tmp_path: Path) -> None:
     done = _bench(str(tmp_path / "nope.onnx"), "--inputs", str(tmp_path / "x.npz"))
     assert done.returncode == 2 and "nope.onnx: no such model file" in done.stderr
+
+
+def test_serve_bench_measures_http_and_grpc_and_checks_goals(tmp_path: Path) -> None:
+    out = tmp_path / "serve.md"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "serve.py"), "--skip-mlflow", "--skip-mlserver",
+                           "--sizes", "1", "50", "--concurrency", "1", "--duration", "0.3", "--protocols", "npy",
+                           "grpc", "--output", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| wtag serve |")]
+    assert [(r[1], r[2]) for r in rows] == [("npy", "1"), ("npy", "50"), ("grpc", "1"), ("grpc", "50")]
+    assert all(int(r[4].replace(",", "")) > 0 for r in rows)
+    assert "| single-jet p99 at concurrency 1 (grpc) |" in out.read_text()
