@@ -274,8 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers != 1:
             cmd += ["--workers", str(args.workers)]
         token = os.environ.get("WTAG_SERVE_TOKEN") or None
+        shown = [a for a in cmd[1:] if not a.startswith(tmp)]
         lines = [f"Machine: {os.cpu_count()} CPUs ({os.uname().machine}), 1-minute load average "
-                 f"{os.getloadavg()[0]:.1f} before the run; server: {' '.join(cmd[1:4])} ... {' '.join(cmd[8:])}; "
+                 f"{os.getloadavg()[0]:.1f} before the run; server: python {' '.join(shown)}; "
                  f"model {args.model or 'tutorial-shaped DNN (hl, 3 x 64 ReLU)'}.", ""]
         with process(cmd, f"http://127.0.0.1:{port}/v2/health/ready", root / "server.log") as pid:
             if args.scenario in ("head-of-line", "both"):

@@ -212,13 +212,21 @@ def _client(slot: int, port: int, request: Request | dict[str, np.ndarray], grpc
             return ""
     else:
         assert isinstance(request, Request)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=600)]
 
         def send() -> str:
-            conn.request("POST", request.path, body=request.body, headers=request.headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            return "" if resp.status == 200 else f"{resp.status}: {data[:200]!r}"
+            for attempt in (1, 2):  # a keep-alive connection the server closed while idle is opened again
+                try:
+                    conns[0].request("POST", request.path, body=request.body, headers=request.headers)
+                    resp = conns[0].getresponse()
+                    data = resp.read()
+                    return "" if resp.status == 200 else f"{resp.status}: {data[:200]!r}"
+                except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                    conns[0].close()
+                    conns[0] = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+                    if attempt == 2:
+                        raise
+            return ""
     try:
         send()  # warm-up, untimed
         while time.time() < start_at:
@@ -240,10 +248,10 @@ def _client(slot: int, port: int, request: Request | dict[str, np.ndarray], grpc
 def http_cell(target: str, protocol: str, port: int, request: Request | dict[str, np.ndarray], jets: int,
               concurrency: int, duration: float, grpc_model: str | None = None) -> Cell:
     """``request`` from ``concurrency`` client processes (not threads: the load generator is not one GIL)
-    for ``duration`` seconds; every answer must succeed."""
-    context = mp.get_context("spawn")
+    for ``duration`` seconds; every answer must succeed. Forked (they start at once and only send requests)."""
+    context = mp.get_context("fork")
     results: mp.Queue = context.Queue()
-    start_at = time.time() + 2.0 + 0.2 * concurrency
+    start_at = time.time() + 1.0 + 0.05 * concurrency
     procs = [context.Process(target=_client, args=(i, port, request, grpc_model, start_at, duration, results))
              for i in range(concurrency)]
     for p in procs:
@@ -331,7 +339,8 @@ def mlserver_env(path: Path, python: str) -> Path:
     return bin_dir
 
 
-def mlserver_repository(model_dir: Path, root: Path, http_port: int, grpc_port: int) -> Path:
+def mlserver_repository(model_dir: Path, root: Path, http_port: int, grpc_port: int,
+                        inputs: dict[str, list[int]]) -> Path:
     """An MLServer model repository serving the logged MLflow ONNX model as ``wtag`` with adaptive batching on.
 
     ``parallel_workers: 0``: MLServer 1.7.1's parallel inference pool fails to start with the current uvloop
@@ -343,7 +352,11 @@ def mlserver_repository(model_dir: Path, root: Path, http_port: int, grpc_port: 
         "host": "127.0.0.1", "debug": False}))
     (repo / "wtag" / "model-settings.json").write_text(json.dumps({
         "name": schema.REGISTERED_MODEL, "implementation": "mlserver_mlflow.MLflowRuntime",
-        "max_batch_size": 16384, "max_batch_time": 0.002, "parameters": {"uri": str(model_dir)}}))
+        "max_batch_size": 16384, "max_batch_time": 0.002,
+        # requests decode to {input name: numpy array}, what the ONNX pyfunc takes (the same bodies wtag gets)
+        "inputs": [{"name": name, "datatype": "FP32", "shape": shape, "parameters": {"content_type": "np"}}
+                   for name, shape in inputs.items()],
+        "parameters": {"uri": str(model_dir), "content_type": "dict"}}))
     return repo
 
 
@@ -431,7 +444,8 @@ def measure_mlserver(cells: list[Cell], args: argparse.Namespace, model_path: Pa
     model_dir = root / "mlflow-model"
     mlflow.onnx.save_model(onnx.load(str(model_path)), str(model_dir))
     http_port, grpc_port = free_port(), free_port()
-    repo = mlserver_repository(model_dir, root, http_port, grpc_port)
+    shapes = {name: [-1, *v.shape[1:]] for name, v in next(iter(batches.values())).items()}
+    repo = mlserver_repository(model_dir, root, http_port, grpc_port, shapes)
     version = subprocess.run([str(bin_dir / "python"), "-c", "import mlserver; print(mlserver.__version__)"],
                              capture_output=True, text=True).stdout.strip()
     try:
