@@ -126,20 +126,25 @@ def client_process(slot: int, port: int, grpc_port: int, routes: Sequence[str], 
     results.put((slot, records, time.process_time() - cpu0))
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants (a pre-fork server's workers included)."""
-    total, todo = 0, [pid]
+def rss_by_process(pid: int) -> dict[int, int]:
+    """Resident memory of ``pid`` and each of its descendants (workers, decode processes), by pid."""
+    out, todo = {}, [pid]
     while todo:
         p = todo.pop()
         try:
             status = Path(f"/proc/{p}/status").read_text()
-            total += int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) * 1024
+            out[p] = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) * 1024
             for task in Path(f"/proc/{p}/task").iterdir():
                 children = (task / "children").read_text().split()
                 todo += [int(c) for c in children]
         except (OSError, StopIteration, ValueError):
             continue
-    return total
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants (a pre-fork server's workers included)."""
+    return sum(rss_by_process(pid).values())
 
 
 class MemorySampler(threading.Thread):
@@ -155,7 +160,8 @@ class MemorySampler(threading.Thread):
 
 def mix(port: int, grpc_port: int, pid: int, clients: int, duration: float, routes: Sequence[str],
         token: str | None) -> list[str]:
-    start_rss = rss_bytes(pid)
+    start_each = rss_by_process(pid)
+    start_rss = sum(start_each.values())
     sampler = MemorySampler(pid)
     sampler.start()
     results: mp.Queue = mp.Queue()
@@ -170,7 +176,8 @@ def mix(port: int, grpc_port: int, pid: int, clients: int, duration: float, rout
     sampler.running = False
     sampler.join()
     time.sleep(5.0)
-    end_rss = rss_bytes(pid)
+    end_each = rss_by_process(pid)
+    end_rss = sum(end_each.values())
     records = [r for _, per, _ in collected for r in per]
     client_cpu = sum(cpu for _, _, cpu in collected)
     lines = [f"{clients} client processes for {duration:g} s, routes {', '.join(routes)}, sizes 1 to 10,000 jets "
@@ -192,7 +199,8 @@ def mix(port: int, grpc_port: int, pid: int, clients: int, duration: float, rout
     mib = 1 / 2**20
     lines += ["", f"Server resident memory (all processes): start {start_rss * mib:,.0f} MiB, peak "
                   f"{sampler.peak * mib:,.0f} MiB, 5 s after the end {end_rss * mib:,.0f} MiB "
-                  f"({(end_rss - start_rss) / start_rss:+.1%})."]
+                  f"({(end_rss - start_rss) / start_rss:+.1%}); by process (MiB, start -> end): "
+                  + ", ".join(f"{start_each[p] * mib:.0f} -> {end_each.get(p, 0) * mib:.0f}" for p in start_each) + "."]
     return lines
 
 
@@ -274,8 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers != 1:
             cmd += ["--workers", str(args.workers)]
         token = os.environ.get("WTAG_SERVE_TOKEN") or None
+        shown = [a for a in cmd[1:] if not a.startswith(tmp)]
         lines = [f"Machine: {os.cpu_count()} CPUs ({os.uname().machine}), 1-minute load average "
-                 f"{os.getloadavg()[0]:.1f} before the run; server: {' '.join(cmd[1:4])} ... {' '.join(cmd[8:])}; "
+                 f"{os.getloadavg()[0]:.1f} before the run; server: python {' '.join(shown)}; "
                  f"model {args.model or 'tutorial-shaped DNN (hl, 3 x 64 ReLU)'}.", ""]
         with process(cmd, f"http://127.0.0.1:{port}/v2/health/ready", root / "server.log") as pid:
             if args.scenario in ("head-of-line", "both"):

@@ -8,9 +8,10 @@ no other request is in flight, a run expected (from the times of earlier runs) t
 ``INLINE_BUDGET_S`` runs on the loop directly: with nothing to overlap, the thread hand-off (the two threads
 trade the GIL) costs more than it saves.
 
-With ``split_rows`` set, a request of more rows is scored in slices of at most that many, and each run takes
-the whole requests waiting first and fills the rest with the next slice of a big one: a small request waits for
-at most one slice, never for a whole 100,000-jet request (head-of-line blocking).
+With ``split_rows`` set, a request of more rows is scored in slices of at most that many (fewer when the
+measured cost per jet says a slice would run longer than ``SLICE_BUDGET_S``), and each run takes the whole
+requests waiting first and fills the rest with one slice of the big ones: a small request waits for at most one
+slice, never for a whole 100,000-jet request (head-of-line blocking).
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ BatchObserver = Callable[[int, int, float], None]
 # thread hand-off; batches up to SMALL_ROWS jets measure the fixed cost of a run, larger ones the cost per jet.
 INLINE_BUDGET_S = 1e-3
 SMALL_ROWS = 16
+# Slices of big requests aim at runs this long, and are never cut below MIN_SLICE_ROWS jets.
+SLICE_BUDGET_S = 0.01
+MIN_SLICE_ROWS = 256
 
 
 class RunCost:
@@ -185,9 +189,13 @@ class DynamicBatcher:
                     carry = item
                     break
                 rows = self._add(item, batch, big, rows)
+            slice_left = self.slice_rows()  # big requests share one slice per run, so runs stay short
             for item in big:
-                if rows < self.max_batch_size and item.taken < item.rows:
-                    rows = self._take(item, batch, rows, self.max_batch_size - rows)
+                room = min(self.max_batch_size - rows, slice_left)
+                if room > 0 and item.taken < item.rows:
+                    before = rows
+                    rows = self._take(item, batch, rows, room)
+                    slice_left -= rows - before
                 if item.taken < item.rows:
                     self._items.append(item)  # its next slice after the requests queued behind it
             if batch:
@@ -199,6 +207,14 @@ class DynamicBatcher:
             big.append(item)
             return rows
         return self._take(item, batch, rows, item.rows)
+
+    def slice_rows(self) -> int:
+        """Rows of big requests per run: ``split_rows``, or fewer when the measured cost per jet says a run of
+        that many would take longer than SLICE_BUDGET_S (a small request waits for at most one such run)."""
+        rows = self.split_rows or self.max_batch_size
+        if self.cost.per_row:
+            rows = min(rows, max(MIN_SLICE_ROWS, int(SLICE_BUDGET_S / self.cost.per_row)))
+        return rows
 
     def _take(self, item: _Item, batch: list[_Slice], rows: int, room: int) -> int:
         size = min(item.rows - item.taken, room, self.split_rows if self._split(item) else item.rows)

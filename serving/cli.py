@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from collections.abc import Sequence
 
-from serving.settings import (_ENV_FIELDS, DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_PORT, MAX_DEFAULT_WORKERS,
+from serving.settings import (ENV_FIELDS, DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_PORT, MAX_DEFAULT_WORKERS,
                               TOKEN_ENV, ServerSettings, default_workers)
 from wtag import schema
 from wtag.errors import WtagError, exit_status
@@ -40,8 +39,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                                                     f"core, at most {MAX_DEFAULT_WORKERS}; here {default_workers()})")
     for flag, field, kind in _SETTING_FLAGS:
         default = defaults[field] if defaults[field] is not None else "from the usable cores"
-        parser.add_argument(flag, type=kind, help=f"default {default} (env {_ENV_FIELDS[field]})")
-    parser.add_argument("--device", choices=DEVICES, help=f"default {defaults['device']} (env {_ENV_FIELDS['device']})")
+        parser.add_argument(flag, type=kind, help=f"default {default} (env {ENV_FIELDS[field]})")
+    parser.add_argument("--device", choices=DEVICES, help=f"default {defaults['device']} (env {ENV_FIELDS['device']})")
     parser.epilog = f"Set {TOKEN_ENV} to require 'Authorization: Bearer <token>' (an empty value is refused)."
 
 
@@ -62,7 +61,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
 
 def serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` until interrupted; WtagError for bad settings, a bad model or a busy port."""
-    from serving.app import run
+    from serving.app import run  # the web stack loads only when serving, not when a CLI lists its commands
 
     for flag, value in (("port", args.port), ("grpc-port", args.grpc_port)):
         if not 0 <= value <= 65535:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import importlib
@@ -34,6 +35,8 @@ MODEL_NAME = schema.REGISTERED_MODEL
 # Bodies at least this large are decoded in a decode process; smaller ones cost less than the hand-off.
 OFFLOAD_BYTES = 64 * 1024
 RETRY_AFTER_S = 1
+# How often an idle server checks whether to give freed memory back to the system.
+TRIM_INTERVAL_S = 2.0
 Endpoint = Callable[[Request], Awaitable[Response]]
 ErrorStyle = Callable[[int, str, Mapping[str, str]], Response]
 
@@ -48,6 +51,8 @@ class Service:
     batcher: DynamicBatcher
     pool: concurrent.futures.Executor
     in_flight: int = 0
+    large_since_trim: bool = False  # a large body was handled since the heap was last trimmed
+    _trimmer: asyncio.Task[None] | None = None
 
     @classmethod
     def load(cls, model: Any, settings: ServerSettings) -> Service:
@@ -64,10 +69,24 @@ class Service:
 
     def start(self) -> None:
         self.batcher.start()
+        self._trimmer = asyncio.get_running_loop().create_task(self._trim_when_idle(), name="wtag-trim")
 
     async def stop(self) -> None:
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
         await self.batcher.stop()
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _trim_when_idle(self) -> None:
+        """Give the memory of large requests back to the system once the server is idle: the C allocator keeps
+        freed arenas, so resident memory would otherwise stay at its peak after a burst of big requests."""
+        while True:
+            await asyncio.sleep(TRIM_INTERVAL_S)
+            if self.large_since_trim and self.in_flight == 0:
+                self.large_since_trim = False
+                await asyncio.get_running_loop().run_in_executor(None, trim_memory)
 
     def check_model(self, model_name: str, version: str | None = None) -> None:
         if model_name != MODEL_NAME:
@@ -142,6 +161,7 @@ class Service:
             raise RequestError(408, f"request body not received within {self.settings.request_timeout_s} s") \
                 from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.large_since_trim |= size >= OFFLOAD_BYTES
         encoding = request.headers.get("content-encoding", "identity")
         if encoding.strip().lower() in ("identity", "") or len(body) < OFFLOAD_BYTES:
             return inflate(body, encoding, limit)
@@ -157,7 +177,7 @@ class Service:
         """``fn(*args)`` in the decode pool, so the event loop keeps serving meanwhile (503 past the timeout)."""
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+                return await asyncio.get_running_loop().run_in_executor(self.pool, _call_and_trim, fn, *args)
         except TimeoutError:
             raise RequestError(503, f"decoding the request took longer than {self.settings.request_timeout_s} s; "
                                     "the server is overloaded") from None
@@ -198,13 +218,36 @@ def decode_pool(processes: int) -> concurrent.futures.Executor:
     return pool
 
 
+def trim_memory() -> None:
+    """Return free heap memory to the system (glibc's malloc_trim; elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _call_and_trim(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a decode process, then its freed memory back to the system (it handles large bodies)."""
+    try:
+        return fn(*args)
+    finally:
+        trim_memory()
+
+
 def _ready() -> None:
-    """Touched once per decode process at start-up."""
+    """Run once per decode process at start-up: the feature code computes every model input for two jets, so
+    its one-time costs (compiling, caches) are paid here, not by the first request and not as memory growth
+    seen under load."""
+    from wtag import schema
+    from wtag.features import complete_jets, model_inputs
+    from wtag.jets import make_jets
+
+    jets = make_jets({"ak7pfcand_pt": [[50.0, 30.0, 5.0], [80.0, 2.0]], "ak7pfcand_eta": [[0.1, 0.3, 0.2], [1.0, 1.1]],
+                      "ak7pfcand_phi": [[1.0, 1.2, 0.9], [2.0, 2.1]], "ak7pfcand_id": [[211, 22, 130], [-11, 22]],
+                      "ak7pfcand_charge": [[1, 0, 0], [-1, 0]]})
+    model_inputs(complete_jets(jets), tuple(schema.INPUT_SHAPES), max_particles=schema.MAX_PARTICLES)
 
 
 def _decode_process_init() -> None:
     """Ctrl-C is the server's to handle; and a decode process is killed when its server dies (Linux)."""
-    import ctypes
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -16,7 +16,7 @@ DEFAULT_GRPC_PORT = 8081  # 0: no gRPC endpoint
 # Worker processes by default: one per usable core, at most this many (each holds its own model session).
 MAX_DEFAULT_WORKERS = 8
 # Optional overrides from the environment, so ``make serve`` can be tuned without code changes.
-_ENV_FIELDS = {
+ENV_FIELDS = {
     "max_batch_size": "WTAG_SERVE_MAX_BATCH_SIZE",
     "max_queue_delay_ms": "WTAG_SERVE_MAX_QUEUE_DELAY_MS",
     "max_body_bytes": "WTAG_SERVE_MAX_BODY_BYTES",
@@ -123,7 +123,7 @@ class ServerSettings:
         if TOKEN_ENV in env:
             values["auth_token"] = env[TOKEN_ENV]
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        for name, var in _ENV_FIELDS.items():
+        for name, var in ENV_FIELDS.items():
             raw = env.get(var)
             if not raw:
                 continue

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,32 @@ def test_inference_bench_reports_agreement_and_throughput(tmp_path: Path) -> Non
 def test_inference_bench_rejects_a_missing_model(tmp_path: Path) -> None:
     done = _bench(str(tmp_path / "nope.onnx"), "--inputs", str(tmp_path / "x.npz"))
     assert done.returncode == 2 and "nope.onnx: no such model file" in done.stderr
+
+
+def test_serve_bench_measures_http_and_grpc_and_checks_goals(tmp_path: Path) -> None:
+    out = tmp_path / "serve.md"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "serve.py"), "--skip-mlflow", "--skip-mlserver",
+                           "--sizes", "1", "50", "--concurrency", "1", "--duration", "0.3", "--protocols", "npy",
+                           "grpc", "--output", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| wtag serve |")]
+    assert [(r[1], r[2]) for r in rows] == [("npy", "1"), ("npy", "50"), ("grpc", "1"), ("grpc", "50")]
+    assert all(int(r[4].replace(",", "")) > 0 for r in rows)
+    assert "| single-jet p99 at concurrency 1 (grpc) |" in out.read_text()
+
+
+def test_load_bench_runs_both_scenarios(tmp_path: Path) -> None:
+    out = tmp_path / "load.md"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--clients", "2", "--big-clients", "1",
+                           "--duration", "3", "--routes", "npy", "grpc", "jets", "--output", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])})
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert "| alone |" in text and "while 1 clients post 100,000-jet requests" in text
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()
+            if line.startswith(("| npy ", "| grpc ", "| jets ", "| all "))}
+    assert set(rows) == {"npy", "grpc", "jets", "all"}
+    assert rows["all"][-1].rstrip(" |") == "0"  # no errors
+    assert "Server resident memory (all processes): start" in text

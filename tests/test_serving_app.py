@@ -204,3 +204,56 @@ def test_server_on_gpu(tmp_path: Path) -> None:
             resp = client.post("/v1/score-npy", content=_npy(x), headers=NPY)
             np.testing.assert_allclose(np.load(io.BytesIO(resp.content)), offline_scores(server.model, {"hl": x}),
                                        atol=1e-6)
+
+
+def _instances(schema: dict, with_optional: bool) -> list[object]:
+    """Minimal instances of a JSON schema, one per ``oneOf`` branch (and per branch of the values inside)."""
+    if "oneOf" in schema:
+        return [x for sub in schema["oneOf"] for x in _instances(sub, with_optional)]
+    if "enum" in schema:
+        return [schema["enum"][0]]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        names = list(props) if with_optional else schema.get("required", [])
+        choices = {name: _instances(props[name], with_optional) for name in names}
+        base = {name: options[0] for name, options in choices.items()}
+        return [base] + [{**base, name: option} for name, options in choices.items() for option in options[1:]]
+    if kind == "array":
+        n = max(schema.get("minItems", 0), 1 if with_optional else 0)
+        items = schema.get("items", {})
+        if schema.get("uniqueItems") and "enum" in items:
+            return [items["enum"][:n]]
+        return [[item] * n for item in _instances(items, with_optional)] if n else [[]]
+    if kind == "number":
+        return [schema.get("exclusiveMinimum", 0) + 1.5]
+    if kind == "integer":
+        return [1]
+    if kind == "boolean":
+        return [False]
+    return ["x"]
+
+
+@pytest.mark.slow
+def test_openapi_bodies_are_what_the_server_accepts(hl_server: Server) -> None:
+    """Every body the OpenAPI document describes (minimal instances of each alternative, with and without the
+    optional fields) is accepted; the binary routes list the media types they take."""
+    with hl_server.client() as client:
+        spec = client.get("/openapi.json").json()
+        sent = 0
+        for path in ("/invocations", "/v1/score-jets"):
+            schema_ = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            for with_optional in (False, True):
+                for body in _instances(schema_, with_optional):
+                    resp = client.post(path, json=body)
+                    assert resp.status_code == 200, (path, body, resp.text)
+                    sent += 1
+        assert sent >= 10
+        npy = spec["paths"]["/v1/score-npy"]["post"]["requestBody"]["content"]
+        assert set(npy) == {"application/x-npy", "application/x-npz", "application/octet-stream"}
+        params = {p["name"]: p for p in spec["paths"]["/v1/score-file"]["post"]["parameters"]}
+        assert params["format"]["schema"]["enum"] == ["auto", "root", "npy"]
+        for value in ("auto", "npy"):
+            assert client.post("/v1/score-file", params={"format": value, "select": "false"},
+                               content=_npy(np.ones((2, 3)))).status_code == 422  # a plain array, not c2numpy
+        assert client.post("/v1/score-file", params={"verbose": "1"}, content=b"root").status_code == 422

@@ -107,3 +107,17 @@ def test_split_requests_let_small_ones_through_between_slices() -> None:
     np.testing.assert_array_equal(b, [400.0])
     assert sum(runs) == 22 and max(runs) <= 5
     assert finished.index("a") < finished.index("big") and finished.index("b") < finished.index("big")
+
+
+def test_slices_shrink_to_the_time_budget_of_a_run() -> None:
+    from serving.batcher import MIN_SLICE_ROWS, SLICE_BUDGET_S, DynamicBatcher
+
+    batcher = DynamicBatcher(lambda inputs: inputs["x"][:, 0], max_batch_size=16384, max_queue_delay_s=0.0,
+                             split_rows=4096)
+    assert batcher.slice_rows() == 4096  # nothing measured yet
+    batcher.cost.per_row = SLICE_BUDGET_S / 1000  # about 1,000 jets fill the budget
+    assert batcher.slice_rows() in (999, 1000)
+    batcher.cost.per_row = SLICE_BUDGET_S / 10  # a very slow model: never below the floor
+    assert batcher.slice_rows() == MIN_SLICE_ROWS
+    batcher.cost.per_row = SLICE_BUDGET_S / 1e6  # a fast one: never above split_rows
+    assert batcher.slice_rows() == 4096

@@ -214,12 +214,13 @@ def file_query(request: Request) -> tuple[str, bool]:
     return kind, chosen in ("true", "1", "yes", "on")
 
 
-_CANDIDATES = {"type": "array", "minItems": 1, "items": {"type": "number"}}
+_CANDIDATES = {"type": "array", "minItems": 1, "items": {"type": "number"},
+               "description": "one value per candidate; pt, eta, phi (and id, charge) of equal length"}
 JET_SCHEMA = {"type": "object", "required": ["pt", "eta", "phi"], "additionalProperties": False, "properties": {
     "pt": {**_CANDIDATES, "items": {"type": "number", "exclusiveMinimum": 0}, "description": "GeV, > 0"},
     "eta": _CANDIDATES, "phi": _CANDIDATES,
-    "id": {"type": "array", "items": {"type": "integer"}, "description": "PDG code per candidate (default 0)"},
-    "charge": {"type": "array", "items": {"type": "integer"}, "description": "per candidate (default 0)"},
+    "id": {**_CANDIDATES, "items": {"type": "integer"}, "description": "PDG code per candidate (default 0)"},
+    "charge": {**_CANDIDATES, "items": {"type": "integer"}, "description": "per candidate (default 0)"},
     **{k: {"type": "number"} for k in ("jet_pt", "jet_eta", "jet_phi", "jet_E")},
     **{k: {"type": "integer"} for k in ("run", "lumi", "event", "ijet")}}}
 JETS_REQUEST = {"type": "object", "required": ["jets"], "additionalProperties": False, "properties": {

@@ -150,24 +150,58 @@ def mlflow_error(status: int, message: str, headers: Mapping[str, str]) -> Respo
                     media_type=JSON, headers=dict(headers))
 
 
-_NUMBER_ROWS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
-_TENSOR = {"description": "nested arrays of numbers, (N, ...) as the input's shape",
-           "type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}}
-INVOCATIONS_BODY = {"oneOf": [
-    {"type": "object", "required": ["dataframe_split"], "additionalProperties": False, "properties": {
-        "dataframe_split": {"type": "object", "required": ["data"], "additionalProperties": False, "properties": {
-            "columns": {"type": "array", "items": {"type": "string", "enum": list(schema.HL_FEATURES)},
-                        "description": "hl feature names, or \"0\"..\"n-1\"; absent: model order"},
-            "data": {**_NUMBER_ROWS, "minItems": 1}, "index": {"type": "array"}}}}},
-    {"type": "object", "required": ["dataframe_records"], "additionalProperties": False, "properties": {
-        "dataframe_records": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "additionalProperties": {"type": "number"}}}}},
-    {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
-        "inputs": {"oneOf": [_TENSOR, {"type": "object", "additionalProperties": _TENSOR}]}}},
-    {"type": "object", "required": ["instances"], "additionalProperties": False, "properties": {
-        "instances": {"oneOf": [_TENSOR, {"type": "array", "items": {"type": "object",
-                                                                        "additionalProperties": {}}}]}}},
-]}
+def row_schema(dims: Sequence[int | None]) -> dict[str, Any]:
+    """JSON schema of one jet's values of an input: nested arrays, each fixed dimension exactly."""
+    if not dims:
+        return {"type": "number"}
+    exact = {} if dims[0] is None else {"minItems": dims[0], "maxItems": dims[0]}
+    return {"type": "array", "minItems": 1, **exact, "items": row_schema(dims[1:])}
+
+
+def tensor_schema(shape: Sequence[int | None]) -> dict[str, Any]:
+    """JSON schema of one input as nested arrays: at least one jet, each shaped as the input wants."""
+    return {"type": "array", "minItems": 1, "items": row_schema(shape[1:])}
+
+
+def invocations_schema(input_shapes: Mapping[str, Sequence[int | None]]) -> dict[str, Any]:
+    """What /invocations accepts for this model, exactly as ``mlflow_decode`` and the tagger check it: tensors
+    shaped as the inputs; dataframes only for a single two-dimensional input (named columns only for hl)."""
+    tensors = {name: tensor_schema(shape) for name, shape in input_shapes.items()}
+    by_name = {"type": "object", "required": list(tensors), "additionalProperties": False, "properties": tensors}
+    rows = [{"type": "object", "required": list(tensors), "additionalProperties": False,
+             "properties": {name: row_schema(shape[1:]) for name, shape in input_shapes.items()}}]
+    single = list(tensors) if len(tensors) == 1 else []
+    variants: list[dict[str, Any]] = [
+        {"type": "object", "required": ["inputs"], "additionalProperties": False,
+         "properties": {"inputs": {"oneOf": [tensors[single[0]], by_name]} if single else by_name}},
+        {"type": "object", "required": ["instances"], "additionalProperties": False,
+         "properties": {"instances": {"oneOf": [tensors[single[0]], {"type": "array", "minItems": 1,
+                                                                       "items": rows[0]}]} if single else
+                        {"type": "array", "minItems": 1, "items": rows[0]}}}]
+    if single and len(input_shapes[single[0]]) == 2 and input_shapes[single[0]][1] is not None:
+        width = input_shapes[single[0]][1]
+        named = single[0] == schema.INPUT_HL
+        columns = ({"type": "array", "items": {"type": "string", "enum": list(schema.HL_FEATURES)},
+                    "minItems": width, "maxItems": width, "uniqueItems": True,
+                    "description": "the hl feature names in any order (or \"0\"..\"n-1\"); absent: model order"}
+                   if named else {"type": "array", "items": {"type": "string"}, "minItems": width,
+                                  "maxItems": width, "description": "\"0\"..\"n-1\""})
+        variants.append({"type": "object", "required": ["dataframe_split"], "additionalProperties": False,
+                         "properties": {"dataframe_split": {
+                             "type": "object", "required": ["data"], "additionalProperties": False, "properties": {
+                                 "columns": columns, "data": tensors[single[0]], "index": {"type": "array"}}}}})
+        if named:
+            record = {"type": "object", "additionalProperties": False, "required": list(schema.HL_FEATURES),
+                      "properties": {name: {"type": "number"} for name in schema.HL_FEATURES}}
+            variants.append({"type": "object", "required": ["dataframe_records"], "additionalProperties": False,
+                             "properties": {"dataframe_records": {"type": "array", "minItems": 1, "items": record}}})
+    return {"oneOf": variants}
+
+
+CSV_SCHEMA = {"type": "string", "description": "a header row (the hl feature names, or 0..n-1) then rows of numbers; "
+                                               "only for a single two-dimensional input"}
+
+
 PREDICTIONS = {"type": "object", "required": ["predictions"], "properties": {"predictions": {"oneOf": [
     {"type": "array", "items": {"type": "object", "properties": {schema.OUTPUT_SCORE: {"type": "number"}}}},
     {"type": "object", "properties": {schema.OUTPUT_SCORE: {"type": "array", "items": {"type": "number"}}}}]}}}
@@ -195,9 +229,8 @@ def routes(service: Service) -> Routes:
         return Response(mlflow_encode(scores, style), media_type=JSON)
 
     out.post(["/invocations"], service.guard(invocations, mlflow_error), "mlflow", "MLflow scoring protocol",
-             body_doc({JSON: {"schema": INVOCATIONS_BODY},
-                       "text/csv": {"schema": {"type": "string", "description": "a header row (hl feature names) "
-                                                                                "then rows of numbers"}}},
+             body_doc({JSON: {"schema": invocations_schema(tagger.input_shapes)},
+                       "text/csv": {"schema": CSV_SCHEMA}},
                       "As for `mlflow models serve`: exactly one of dataframe_split, dataframe_records, inputs, "
                       "instances (no `params`). A dataframe feeds a single-input model (hl model: columns named "
                       "as the hl features, in any order); tensors are keyed by input name for several inputs."),
