@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +77,51 @@ def trained_all(tracking_server: str, tmp_path_factory: pytest.TempPathFactory):
     proc = mlflow_run("train", params, tracking_server, TRAIN_EXPERIMENT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tracking_server, TRAIN_EXPERIMENT, data_dir, params, proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process this fixture started (its own session: the nanny and its worker go together)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Address of a real ``dask scheduler`` process with two ``dask worker`` processes (one thread each) on
+    127.0.0.1, as a user starts them by hand; they see this checkout's ``wtag`` through PYTHONPATH."""
+    from distributed import Client
+
+    logs = tmp_path_factory.mktemp("dask-logs")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "w") as log:
+            return subprocess.Popen([sys.executable, "-m", "dask", *args], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    procs = [start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                                 "--dashboard-address", "127.0.0.1:0"])]
+    try:
+        for i in range(2):
+            procs.append(start(f"worker{i}", ["worker", address, "--nthreads", "1", "--nworkers", "1",
+                                              "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"]))
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    client.wait_for_workers(2, timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)

@@ -59,7 +59,7 @@ def _say(message: str) -> None:
 
 @contextlib.contextmanager
 def dask_client(config: ExecutionConfig | None = None, max_workers: int | None = None,
-                quiet: bool = False) -> Iterator[Any]:
+                quiet: bool = False, connect_timeout: float = CONNECT_TIMEOUT_S) -> Iterator[Any]:
     """A ``distributed.Client`` for the duration of the block, on a remote scheduler or a local cluster.
 
     The local cluster has ``config.workers`` (0: available cores) single-threaded worker processes, capped at
@@ -74,9 +74,9 @@ def dask_client(config: ExecutionConfig | None = None, max_workers: int | None =
     address = scheduler_address(config.scheduler)
     if address:
         try:
-            client = Client(address, timeout=CONNECT_TIMEOUT_S)
+            client = Client(address, timeout=connect_timeout)
         except (OSError, TimeoutError) as exc:
-            raise WtagError(f"Dask scheduler at {address} is not reachable within {CONNECT_TIMEOUT_S} s "
+            raise WtagError(f"Dask scheduler at {address} is not reachable within {connect_timeout:g} s "
                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
         with client:
             if not quiet:
