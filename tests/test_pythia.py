@@ -219,6 +219,7 @@ def test_stale_chunks_are_regenerated_and_matching_ones_kept(tmp_path: Path) -> 
     assert read_provenance(path) == provenance
 
 
+@pytest.mark.slow
 def test_chunk_files_record_their_provenance_and_pool_is_content_addressed(tmp_path: Path) -> None:
     config = py.RunConfig(3, 2.0, True, py.Tuning(pileup_pool=10, qcd_fractions=(0.0, 0.0, 0.0, 1.0)))
     (spec,) = py.plan_chunks("qcd", 1, 3, tmp_path, 5, config.tuning)

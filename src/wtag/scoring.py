@@ -218,7 +218,17 @@ def write_scores(path: str | Path, jets: ak.Array, score: np.ndarray, provenance
 
 
 def score_task(task: ScoreTask, model: Any, ref: ModelRef, device: str, select: bool) -> dict[str, Any]:
-    """One task: score the task's inputs and write one scores file per input (or skip a finished task)."""
+    """One task: score the task's inputs and write one scores file per input (or skip a finished task).
+
+    A bad input (WtagError) is returned as ``{"error": message}``, not raised: an expected outcome the worker
+    need not log with a traceback. Anything else raises and is reported by the client."""
+    try:
+        return _score_task(task, model, ref, device, select)
+    except WtagError as exc:
+        return {"inputs": [{"path": p} for p in task.inputs], "error": " ".join(str(exc).split())}
+
+
+def _score_task(task: ScoreTask, model: Any, ref: ModelRef, device: str, select: bool) -> dict[str, Any]:
     from wtag.jets import select as select_jets
 
     start = time.perf_counter()
@@ -302,7 +312,11 @@ def score_files(config: ScoreConfig, execution: ExecutionConfig | None = None,
     start = time.perf_counter()
     with tqdm(total=len(tasks), unit="task", desc="score", disable=not progress) as bar:
         def record(i: int, result: dict[str, Any]) -> None:
-            results.append(result)
+            if "error" in result:
+                failures.append(result["error"] if tasks[i].inputs[0] in result["error"]
+                                else f"{', '.join(tasks[i].inputs)}: {result['error']}")
+            else:
+                results.append(result)
             bar.update(1)
 
         def fail(i: int, exc: BaseException) -> None:
