@@ -123,6 +123,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from wtag.sources import pythia
 
     kwargs = {} if args.pileup is None else {"pileup": args.pileup}
+    if args.chunk_jets is not None:
+        kwargs["chunk_jets"] = args.chunk_jets
     files = pythia.generate(process=args.process, n_jets=args.n_jets, seed=args.seed, output=args.output,
                             workers=args.workers or None, detector=not args.no_detector,
                             scheduler=args.scheduler, **kwargs)
@@ -264,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_int, default=0, help="processes (0: all cores)")
     p.add_argument("--pileup", type=float, default=None, help="mean pileup interactions (default: tuned value)")
     p.add_argument("--no-detector", action="store_true", help="particle level: no detector response, no pileup")
+    p.add_argument("--chunk-jets", type=_positive_int, default=None,
+                   help="jets per chunk file, one Dask task (default: the generator's, 1000)")
     _add_scheduler_arg(p)
     p.set_defaults(func=cmd_generate)
 
