@@ -208,17 +208,18 @@ def _wtag(args: list[str], uri: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_bad_files_among_good_fail_the_run_one_line_each_after_the_good_ones(
-        model_path: Path, shared_data: Path, tmp_path: Path, tracking_uri: str) -> None:
+        model_path: Path, shared_data: Path, tmp_path: Path, tracking_uri: str, dask_scheduler: str) -> None:
     from mlflow.tracking import MlflowClient
 
     bad = bad_inputs(tmp_path / "in", shared_data)
     good = shared_data / REAL_FILES[2]
     out = tmp_path / "out"
     args = ["score", "--model", str(model_path), str(good), *(str(p) for p in bad.values()), "--output", str(out),
-            "--workers", "2", "--experiment", "wtag-test-score"]
+            "--scheduler", dask_scheduler, "--experiment", "wtag-test-score"]
     proc = _wtag(args, tracking_uri)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    assert f"dask: scheduler {dask_scheduler}, 2 worker(s)" in proc.stderr
     lines = [line.strip() for line in proc.stderr.splitlines()]
     start = next(i for i, line in enumerate(lines) if "4 input(s) failed, the others were scored" in line)
     failed = lines[start + 1: start + 5]
