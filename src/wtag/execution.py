@@ -90,14 +90,16 @@ def dask_client(config: ExecutionConfig | None = None, max_workers: int | None =
     n_workers = config.workers or available_cores()
     if max_workers is not None:
         n_workers = max(1, min(n_workers, max_workers))
-    # Port 0: never collide with another command's dashboard (the link says where it is). Workers keep glibc's
+    # Port 0: never collide with another command's dashboard (the link says where it is). Worker logs are
+    # silenced: task errors reach the client with their exception, and a worker's heartbeat racing the
+    # cluster's shutdown otherwise prints a traceback at the end of a successful command. Workers keep glibc's
     # own malloc trimming: Dask's MALLOC_TRIM_THRESHOLD_=65536 made feature building in a worker 20-40% slower
     # (many large short-lived numpy arrays) for no gain here (tasks hold no data between them).
     import dask
 
     with dask.config.set({LOCAL_WORKER_ENV: LOCAL_WORKER_ENV_VALUE}), \
             LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                         host="127.0.0.1", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                         host="127.0.0.1", silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         if not quiet:
             _say(f"dask: local cluster of {n_workers} worker process(es), dashboard {client.dashboard_link}")
         yield client
