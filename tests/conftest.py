@@ -93,11 +93,16 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Address of a real ``dask scheduler`` process with two ``dask worker`` processes (one thread each) on
-    127.0.0.1, as a user starts them by hand; they see this checkout's ``wtag`` through PYTHONPATH."""
+    127.0.0.1, as a user starts them by hand; they see this checkout's ``wtag`` through PYTHONPATH.
+
+    The scheduler picks its own port and writes its address to a scheduler file (no port race with the
+    other processes of a shared machine)."""
+    import json
+
     from distributed import Client
 
     logs = tmp_path_factory.mktemp("dask-logs")
-    address = f"tcp://127.0.0.1:{free_port()}"
+    scheduler_file = logs / "scheduler.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     def start(name: str, args: list[str]) -> subprocess.Popen:
@@ -105,22 +110,27 @@ def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             return subprocess.Popen([sys.executable, "-m", "dask", *args], env=env, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
 
-    procs = [start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                                 "--dashboard-address", "127.0.0.1:0"])]
+    def failed(what: str) -> str:
+        tails = {p.name: p.read_text()[-1500:] for p in sorted(logs.glob("*.log"))}
+        return f"{what}; logs: {tails}"
+
+    procs = [start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+                                 "127.0.0.1:0", "--scheduler-file", str(scheduler_file)])]
     try:
+        deadline = time.monotonic() + 120
+        while not scheduler_file.is_file():
+            assert procs[0].poll() is None and time.monotonic() < deadline, failed("dask scheduler did not start")
+            time.sleep(0.2)
+        time.sleep(0.2)  # the file is written in one go, but let it land
+        address = json.loads(scheduler_file.read_text())["address"]
         for i in range(2):
             procs.append(start(f"worker{i}", ["worker", address, "--nthreads", "1", "--nworkers", "1",
                                               "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"]))
-        deadline = time.monotonic() + 90
-        while True:
+        with Client(address, timeout=30) as client:
             try:
-                with Client(address, timeout=5) as client:
-                    client.wait_for_workers(2, timeout=max(1.0, deadline - time.monotonic()))
-                break
-            except (OSError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+                client.wait_for_workers(2, timeout=max(1.0, deadline - time.monotonic()))
+            except TimeoutError:
+                pytest.fail(failed("dask workers did not join"))
         yield address
     finally:
         for proc in reversed(procs):
