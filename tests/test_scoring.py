@@ -262,3 +262,46 @@ def test_mlproject_score_entry_point_finishes_and_skips_on_rerun(model_path: Pat
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     assert [r.data.metrics["jets_scored"] for r in runs] == [118, 0]
     assert runs[1].data.metrics["files_skipped"] == 1
+
+
+@pytest.mark.slow
+def test_scores_equal_the_servers_score_jets_route_for_the_same_jets(model_path: Path, shared_data: Path,
+                                                                     tmp_path: Path) -> None:
+    import time
+
+    import httpx
+
+    from serving.demo import jet_requests
+    from serving.settings import TOKEN_ENV
+    from wtag.tracking_server import free_port
+
+    files = [shared_data / name for name in REAL_FILES]
+    score_in_process(model_path, files, tmp_path / "out")
+    scored = np.concatenate([read_scores(tmp_path / "out" / f"{Path(n).stem}.scores.root")["score"]
+                             for n in REAL_FILES])
+    jets = read_cms_ntuple(files)
+    port = free_port()
+    env = {**os.environ, TOKEN_ENV: "",
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "serving", "--model", str(model_path), "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server not ready"
+            time.sleep(0.2)
+        response = httpx.post(f"{url}/v1/score-jets", json={"jets": jet_requests(jets)}, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert response.status_code == 200, response.text[:500]
+    served = np.asarray(response.json()["scores"], dtype=np.float32)
+    assert len(served) == len(scored) == 773
+    np.testing.assert_allclose(scored, served, rtol=1e-6, atol=1e-7)
