@@ -280,6 +280,7 @@ def test_a_worker_killed_mid_run_changes_nothing(reference_chunks: list[Path], t
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.05)
         thread.join(timeout=300)
+        watcher.wait_for_workers(2, timeout=120)  # the nanny restarts the killed worker; later tests need two
     assert killed is not None, "no chunk task was seen running"
     assert "error" not in outcome, outcome.get("error")
     assert_same_chunks(outcome["paths"], reference_chunks)  # type: ignore[arg-type]
