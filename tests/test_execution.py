@@ -66,3 +66,21 @@ def test_run_tasks_on_a_real_scheduler_keeps_task_order_and_reports_errors(dask_
         assert list(errors) == [1] and isinstance(errors[1], ValueError)
         with pytest.raises(ValueError, match="invalid literal"):
             run_tasks(client, int, [("y",)])
+
+
+@pytest.mark.parametrize("entry_point", ["prepare", "train", "main", "score"])
+def test_mlproject_entry_points_pass_the_scheduler_to_the_cli(entry_point: str) -> None:
+    import shlex
+
+    from mlflow.projects._project_spec import load_project
+
+    from conftest import REPO
+    from wtag.cli import build_parser
+
+    spec = load_project(str(REPO)).get_entry_point(entry_point)
+    extra = {"input": "a.npy"} if entry_point == "score" else {}
+    for scheduler in ("", "tcp://10.1.2.3:8786"):
+        argv = shlex.split(spec.compute_command({**extra, "scheduler": scheduler}, storage_dir="/tmp"))
+        script = next(i for i, arg in enumerate(argv) if arg.startswith("entry_points/"))
+        args = build_parser().parse_args([entry_point, *argv[script + 1:]])
+        assert args.scheduler == scheduler
