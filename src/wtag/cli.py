@@ -214,8 +214,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from wtag.tracking import configure
 
     inputs = tuple(s.strip() for item in args.inputs for s in item.split(",") if s.strip())
-    config = ScoreConfig(model=args.model, inputs=inputs, output=str(args.output), device=args.device,
-                         select=args.select)
+    given = {k: v for k, v in (("model", args.model), ("device", args.device)) if v}  # else ScoreConfig's
+    config = ScoreConfig(inputs=inputs, output=str(args.output), select=args.select, **given)
     experiment_id = configure(_tracking_uri(), args.experiment)
     run_id, summary = score_step(config, experiment_id, ExecutionConfig(args.scheduler, args.workers),
                                  run_id=_adopt_mlflow_run(experiment_id))
@@ -280,11 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("score", help="score many files with an ONNX tagger on Dask, one scores file per input")
-    p.add_argument("--model", default="models:/wtag@champion", help="registry URI, runs:/ URI or .onnx path")
+    p.add_argument("--model", default=None, help="registry URI, runs:/ URI or .onnx path "
+                                                  "(default: models:/wtag@champion)")
     p.add_argument("inputs", nargs="+", help="ROOT files with a 'jets' tree or c2numpy .npy files: paths, "
                                              "globs, https:// or root:// URLs (commas also separate)")
     p.add_argument("--output", type=Path, required=True, help="folder for <input>.scores.root files")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: auto (CUDA if the "
+                                                                                   "worker has a GPU)")
     p.add_argument("--select", action="store_true", help="score only jets passing 200 < pT < 500 GeV, |eta| < 2")
     p.add_argument("--workers", type=_int, default=0, help="local cluster worker processes (0: all cores)")
     p.add_argument("--experiment", default="wtag", help="MLflow experiment name")
