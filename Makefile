@@ -45,6 +45,7 @@ serve: setup
 bench: setup
 	$(BIN)/python bench/generate.py speed
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/scale.py
 
 test: setup
 	$(BIN)/python -m pytest -v

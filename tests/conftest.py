@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +140,59 @@ def guarded_server(tmp_path_factory: pytest.TempPathFactory):
     with serve(root / "pfn.onnx", root / "server.log", "--max-body-bytes", "200000", "--request-timeout-s", "2",
                env={TOKEN_ENV: TOKEN}) as server:
         yield server
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process this fixture started (its own session: the nanny and its worker go together)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Address of a real ``dask scheduler`` process with two ``dask worker`` processes (one thread each) on
+    127.0.0.1, as a user starts them by hand; they see this checkout's ``wtag`` through PYTHONPATH.
+
+    The scheduler picks its own port and writes its address to a scheduler file (no port race with the
+    other processes of a shared machine)."""
+    import json
+
+    from distributed import Client
+
+    logs = tmp_path_factory.mktemp("dask-logs")
+    scheduler_file = logs / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "w") as log:
+            return subprocess.Popen([sys.executable, "-m", "dask", *args], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def failed(what: str) -> str:
+        tails = {p.name: p.read_text()[-1500:] for p in sorted(logs.glob("*.log"))}
+        return f"{what}; logs: {tails}"
+
+    procs = [start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+                                 "127.0.0.1:0", "--scheduler-file", str(scheduler_file)])]
+    try:
+        deadline = time.monotonic() + 120
+        while not scheduler_file.is_file():
+            assert procs[0].poll() is None and time.monotonic() < deadline, failed("dask scheduler did not start")
+            time.sleep(0.2)
+        time.sleep(0.2)  # the file is written in one go, but let it land
+        address = json.loads(scheduler_file.read_text())["address"]
+        for i in range(2):
+            procs.append(start(f"worker{i}", ["worker", address, "--nthreads", "1", "--nworkers", "1",
+                                              "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"]))
+        with Client(address, timeout=30) as client:
+            try:
+                client.wait_for_workers(2, timeout=max(1.0, deadline - time.monotonic()))
+            except TimeoutError:
+                pytest.fail(failed("dask workers did not join"))
+        yield address
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)

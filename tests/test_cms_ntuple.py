@@ -340,3 +340,40 @@ def test_mc_ntuple_prepares_for_training(tmp_path):
     assert sum(c["jets"] for c in ds.manifest["counts"].values()) == 60
     assert set(ds.train.available()) == {"hl", "images", "particles"}
     assert ds.manifest["counts"]["test"]["signal"] == 6
+
+
+def test_file_groups_join_files_that_share_a_jet(shared_data: Path) -> None:
+    from wtag.sources.cms_ntuple import file_groups, jets_per_file
+
+    paths = [shared_data / name for name in REAL_FILES]
+    assert file_groups(paths) == [[0, 1, 2]]  # one jet straddles 0/1, another 1/2
+    assert file_groups([paths[0], paths[2]]) == [[0], [1]]
+    assert file_groups([paths[2], paths[0], paths[1]]) == [[0, 1, 2]]  # shared jets join whatever the order
+    assert jets_per_file(paths) == [322, 334, 117] and sum(jets_per_file(paths)) == len(read_cms_ntuple(paths))
+
+
+@pytest.mark.slow
+def test_import_on_a_scheduler_gives_the_file_of_one_process(shared_data: Path, tmp_path: Path,
+                                                             dask_scheduler: str) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    # params0 and params2 share no jet: two groups, two tasks; with params1 between them, one group.
+    for names in ([REAL_FILES[0], REAL_FILES[2]], REAL_FILES):
+        paths = [str(shared_data / name) for name in names]
+        one = read_jets(import_cms_ntuple(paths, tmp_path / f"one{len(names)}"))
+        remote = read_jets(import_cms_ntuple(paths, tmp_path / f"remote{len(names)}", scheduler=dask_scheduler))
+        assert len(remote) == len(one) == len(read_cms_ntuple(paths))
+        for name in one.fields:
+            assert ak.all(ak.ravel(one[name]) == ak.ravel(remote[name])), name
+    proc = subprocess.run([sys.executable, "-m", "wtag.cli", "import", "--format", "cms-ntuple",
+                           str(shared_data / REAL_FILES[0]), str(shared_data / REAL_FILES[2]),
+                           "--output", str(tmp_path / "cli"), "--scheduler", dask_scheduler],
+                          env={"PYTHONPATH": f"{REPO / 'src'}", "PATH": "/usr/bin:/bin"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"dask: scheduler {dask_scheduler}, 2 worker(s), dashboard" in proc.stderr
+    cli = read_jets(tmp_path / "cli" / OUTPUT_NAME)
+    assert ak.all(cli["event"] == read_jets(tmp_path / "one2" / OUTPUT_NAME)["event"])

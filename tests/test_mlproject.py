@@ -25,7 +25,8 @@ def _subcommand(name: str) -> argparse.ArgumentParser:
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.option_strings[0]: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    """Options that take a value (on/off switches such as ``--select`` have no MLproject form)."""
+    return {a.option_strings[0]: a for a in parser._actions if a.option_strings and a.nargs != 0}
 
 
 def _parsed(action: argparse.Action, value: object) -> object:
@@ -43,7 +44,12 @@ def test_every_entry_point_runs_its_own_subcommand():
 def test_parameters_match_the_cli(name):
     spec = MLPROJECT["entry_points"][name]
     flags = dict(re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", spec["command"]))
-    assert set(flags.values()) == set(spec["parameters"]), "every parameter is passed exactly once"
+    positional = set(re.findall(r"\{([a-z0-9_]+)\}", spec["command"])) - set(flags.values())
+    assert set(flags.values()) | positional == set(spec["parameters"]), "every parameter is passed"
+    for param in positional:  # required in MLproject as on the command line
+        assert "default" not in spec["parameters"][param], f"{name}: positional {param} has a default"
+        assert any(a.dest.rstrip("s") == param.rstrip("s") and not a.option_strings
+                   for a in _subcommand(name)._actions), f"{name}: no positional argument for {param}"
     options = _options(_subcommand(name))
     assert set(flags) == set(options), f"MLproject {name} and `wtag {name}` expose different options"
     for flag, param in flags.items():

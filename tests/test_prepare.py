@@ -79,3 +79,65 @@ def test_prepare_step_logs_dataset_manifest_and_plots_then_reuses(shared_data, t
     assert {"manifest.json", "standardization.json", "plots/average_images.png", "plots/features.png"} <= artifacts
     again, ds2 = prepare_step(config, tmp_path, exp, progress=False)
     assert again == run_id and ds2.digest == ds.digest
+
+
+def test_prepared_key_follows_input_content_and_code_not_paths(tmp_path):
+    from wtag.prepare import prepare_code_version, prepared_key
+
+    a = tmp_path / "a.npy"
+    a.write_bytes(b"first content")
+    config = PrepareConfig(source="cms-ntuple", inputs=(str(a),), n_jets=0)
+    key = prepared_key(config, tmp_path)
+    assert prepared_key(config, tmp_path) == key
+    b = tmp_path / "elsewhere" / "b.npy"
+    b.parent.mkdir()
+    b.write_bytes(b"first content")
+    assert prepared_key(PrepareConfig(source="cms-ntuple", inputs=(str(b),), n_jets=0), tmp_path) == key
+    a.write_bytes(b"edited content")  # same path, same size class, new content
+    assert prepared_key(config, tmp_path) != key
+    digests = ["0" * 64]
+    assert config.key(digests) == config.key(digests, code=prepare_code_version())
+    assert config.key(digests, code="other code") != config.key(digests)
+    with pytest.raises(WtagError, match="one content digest per input"):
+        config.key([])
+
+
+def test_code_version_changes_with_the_source(tmp_path, monkeypatch):
+    import importlib
+
+    from wtag.codeversion import code_version
+
+    package = tmp_path / "fakepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "features.py").write_text("def f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    first = code_version(["fakepkg"], ["numpy"])
+    assert code_version(["fakepkg"], ["numpy"]) == first
+    (package / "features.py").write_text("def f():\n    return 2\n")
+    assert code_version(["fakepkg"], ["numpy"]) != first
+    (package / "features.py").write_text("def f():\n    return 1\n")
+    (package / "new.py").write_text("")
+    assert code_version(["fakepkg"], ["numpy"]) != first
+    with pytest.raises(WtagError, match="not found"):
+        code_version(["no_such_module_here"])
+
+
+@pytest.mark.slow
+def test_prepare_step_never_reuses_a_dataset_of_an_edited_input(tracking_uri, tmp_path):
+    from test_cms_ntuple import _labelled_jets
+
+    from wtag.sources.cms_ntuple import write_cms_ntuple
+
+    mc = tmp_path / "mc.npy"
+    write_cms_ntuple(_labelled_jets(60), mc)
+    exp_id = configure(tracking_uri, "wtag-test-stale-prepare")
+    config = PrepareConfig(source="cms-ntuple", inputs=(str(mc),))
+    first_run, first = prepare_step(config, tmp_path / "data", exp_id, progress=False)
+    assert prepare_step(config, tmp_path / "data", exp_id, progress=False)[0] == first_run  # unchanged: reused
+    write_cms_ntuple(_labelled_jets(60)[::-1], mc)  # same path, same jets count, other content (order)
+    second_run, second = prepare_step(config, tmp_path / "data", exp_id, progress=False)
+    assert second_run != first_run and second.root != first.root and second.digest != first.digest
+    params = MlflowClient().get_run(second_run).data.params
+    assert params["prepared_key"] == second.root.name

@@ -1,6 +1,7 @@
 """The Pythia 8 + FastJet generator: parameters, chunking, reproducibility, resume, labels and physics sanity."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import awkward as ak
@@ -9,7 +10,7 @@ import pytest
 
 from wtag import schema
 from wtag.errors import WtagError
-from wtag.jets import read_jets
+from wtag.jets import read_jets, read_provenance, write_jets
 from wtag.sources import pythia as py
 
 
@@ -165,3 +166,155 @@ def test_physics_sanity_merged_w_versus_qcd(tmp_path: Path) -> None:
     assert np.all(signal["jet_isW_ak7"] == 1) and np.all(qcd["jet_isW_ak7"] == 0)
     # Pileup (MU = 9) adds soft constituents: real 2011 AK7 jets at these pT carry 40-80 PF candidates.
     assert 35 < float(np.mean(qcd["jet_ncand_ak7"])) < 120
+
+
+# Tiny runs on Dask: 4 chunks of 2 jets from the hardest QCD slice (fast to select), small pileup pool.
+DASK_RUN = {"n_jets": 8, "seed": 21, "pileup": 1.0, "chunk_jets": 2, "progress": False, "pileup_pool": 30,
+            "qcd_fractions": (0.0, 0.0, 0.0, 1.0)}
+
+
+def chunk_contents(paths: list[Path]) -> list[tuple[ak.Array, str | None]]:
+    return [(read_jets(p), read_provenance(p)) for p in paths]
+
+
+def assert_same_chunks(a: list[Path], b: list[Path]) -> None:
+    assert [p.name for p in a] == [p.name for p in b]
+    for (jets_a, prov_a), (jets_b, prov_b) in zip(chunk_contents(a), chunk_contents(b)):
+        assert same_jets(jets_a, jets_b) and prov_a == prov_b and prov_a is not None
+
+
+@pytest.fixture(scope="module")
+def reference_chunks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The DASK_RUN chunks made in this process by one worker."""
+    return py.generate("qcd", output=tmp_path_factory.mktemp("reference"), workers=1, **DASK_RUN)
+
+
+def test_stale_chunks_are_regenerated_and_matching_ones_kept(tmp_path: Path) -> None:
+    base = {"n_jets": 2, "seed": 5, "chunk_jets": 2, "progress": False, "workers": 1, "pileup_pool": 20,
+            "qcd_fractions": (0.0, 0.0, 0.0, 1.0)}
+    (path,) = py.generate("qcd", output=tmp_path, pileup=0.0, **base)
+    first = read_jets(path)
+    mtime = path.stat().st_mtime_ns
+    assert py.generate("qcd", output=tmp_path, pileup=0.0, **base) == [path]
+    assert path.stat().st_mtime_ns == mtime  # full match: kept
+    # Other pileup: same name, same jet count and sample, but not the same chunk.
+    py.generate("qcd", output=tmp_path, pileup=1.0, **base)
+    with_pileup = read_jets(path)
+    assert not same_jets(with_pileup, first)
+    assert '"pileup": 1.0' in str(read_provenance(path))
+    assert len(list((tmp_path / "pileup").glob("minbias_seed5_*.npz"))) == 1
+    # Other tuning.
+    py.generate("qcd", output=tmp_path, pileup=1.0, fsr_alphas=0.12, **base)
+    assert not same_jets(read_jets(path), with_pileup)
+    # Other detector setting (particle level).
+    py.generate("qcd", output=tmp_path, pileup=1.0, detector=False, fsr_alphas=0.12, **base)
+    assert '"detector": false' in str(read_provenance(path))
+    # A chunk recorded by other generator code is redone, not reused.
+    py.generate("qcd", output=tmp_path, pileup=0.0, **base)
+    assert same_jets(read_jets(path), first)
+    provenance = str(read_provenance(path))
+    other = provenance.replace(py.generator_version(), "0123456789abcdef")
+    write_jets(path, read_jets(path), provenance=other)
+    py.generate("qcd", output=tmp_path, pileup=0.0, **base)
+    assert read_provenance(path) == provenance
+
+
+@pytest.mark.slow
+def test_chunk_files_record_their_provenance_and_pool_is_content_addressed(tmp_path: Path) -> None:
+    config = py.RunConfig(3, 2.0, True, py.Tuning(pileup_pool=10, qcd_fractions=(0.0, 0.0, 0.0, 1.0)))
+    (spec,) = py.plan_chunks("qcd", 1, 3, tmp_path, 5, config.tuning)
+    provenance = py.chunk_provenance(spec, config, py.generator_version())
+    assert not py.chunk_complete(spec, provenance)
+    pool_file = py.pool_path(tmp_path, config)
+    assert pool_file is not None and pool_file.parent == tmp_path / "pileup"
+    assert py.pool_path(tmp_path, py.RunConfig(3, 0.0, True, config.tuning)) is None
+    assert py.pool_path(tmp_path, py.RunConfig(4, 2.0, True, config.tuning)) != pool_file
+    assert py.pool_path(tmp_path, py.RunConfig(3, 2.0, True, py.Tuning(pileup_pool=11))) != pool_file
+    py.ensure_pool(pool_file, config)
+    stored = py.load_pool(pool_file)
+    assert stored.size == 10 and stored.offsets[-1] == len(stored.px) > 0
+    mtime = pool_file.stat().st_mtime_ns
+    py.ensure_pool(pool_file, config)
+    assert pool_file.stat().st_mtime_ns == mtime
+    py.run_chunk(spec, config, str(pool_file))
+    assert py.chunk_complete(spec, provenance)
+
+
+@pytest.mark.slow
+def test_scheduler_local_cluster_and_one_worker_give_the_same_chunks(reference_chunks: list[Path], tmp_path: Path,
+                                                                    dask_scheduler: str) -> None:
+    remote = py.generate("qcd", output=tmp_path / "remote", scheduler=dask_scheduler, **DASK_RUN)
+    assert_same_chunks(remote, reference_chunks)
+    local = py.generate("qcd", output=tmp_path / "local", workers=2, **DASK_RUN)
+    assert_same_chunks(local, reference_chunks)
+    assert len(list((tmp_path / "remote" / "pileup").glob("*.npz"))) == 1
+    assert not [p for p in (tmp_path / "remote").rglob(".*")]  # no temporary leftovers
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_changes_nothing(reference_chunks: list[Path], tmp_path: Path,
+                                                 dask_scheduler: str) -> None:
+    import os
+    import signal
+    import threading
+
+    from distributed import Client
+
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["paths"] = py.generate("qcd", output=tmp_path, scheduler=dask_scheduler, **DASK_RUN)
+        except BaseException as exc:  # handed to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    killed = None
+    with Client(dask_scheduler, timeout=10) as watcher:
+        thread.start()
+        deadline = time.monotonic() + 120
+        while killed is None and time.monotonic() < deadline and thread.is_alive():
+            busy = [w for w, keys in watcher.processing().items() if any("chunk-qcd" in str(k) for k in keys)]
+            if busy:
+                killed = watcher.run(os.getpid, workers=busy[:1])[busy[0]]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        thread.join(timeout=300)
+        watcher.wait_for_workers(2, timeout=120)  # the nanny restarts the killed worker; later tests need two
+    assert killed is not None, "no chunk task was seen running"
+    assert "error" not in outcome, outcome.get("error")
+    assert_same_chunks(outcome["paths"], reference_chunks)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_an_interrupted_client_leaves_only_complete_chunks_and_the_rerun_finishes(
+        reference_chunks: list[Path], tmp_path: Path, dask_scheduler: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    script = (f"from wtag.sources import pythia\n"
+              f"pythia.generate('qcd', output={str(tmp_path)!r}, scheduler={dask_scheduler!r}, **{DASK_RUN!r})\n")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")])}
+    client = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("qcd_*.root")) and time.monotonic() < deadline and client.poll() is None:
+        time.sleep(0.05)
+    client.kill()
+    client.wait()
+    finished = sorted(tmp_path.glob("qcd_*.root"))
+    assert finished and len(finished) < 4, "the client was not interrupted mid-run"
+    with Client(dask_scheduler, timeout=10) as watcher:  # tasks already running finish on the workers
+        while any(watcher.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    by_name = {p.name: p for p in reference_chunks}
+    for path in tmp_path.glob("qcd_*.root"):
+        assert read_provenance(path) == read_provenance(by_name[path.name])
+    kept = {p: p.stat().st_mtime_ns for p in tmp_path.glob("qcd_*.root")}
+    rerun = py.generate("qcd", output=tmp_path, scheduler=dask_scheduler, **DASK_RUN)
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # only the missing chunks were made
+    assert_same_chunks(rerun, reference_chunks)

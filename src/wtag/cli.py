@@ -15,7 +15,9 @@ from pathlib import Path
 from wtag import schema
 from wtag.errors import exit_status
 from wtag.evaluation import CHAMPION_METRICS, DEFAULT_METRIC
+from wtag.inference import DEVICES
 from wtag.prepare import DEFAULT_DATA_DIR, SOURCES, PrepareConfig
+from wtag.scoring import ScoreConfig
 from wtag.taggers.base import TrainConfig
 from wtag.tracking import DEFAULT_EXPERIMENT, tracking_uri_from_env
 from wtag.tracking_server import DEFAULT_DIR, DEFAULT_HOST, DEFAULT_PORT
@@ -104,7 +106,16 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="mean pileup interactions ('default': the tuned value)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where generated/prepared data live")
     p.add_argument("--workers", type=_int, default=0, help="generator processes (0: all cores)")
+    _add_scheduler_arg(p)
     _add_experiment_arg(p)
+
+
+def _add_scheduler_arg(p: argparse.ArgumentParser) -> None:
+    from wtag.execution import ExecutionConfig
+
+    p.add_argument("--scheduler", default=ExecutionConfig.scheduler,
+                   help="Dask scheduler address (tcp://HOST:8786) of an existing cluster; default: "
+                        "DASK_SCHEDULER_ADDRESS if set, else a local cluster started for the command")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -138,8 +149,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from wtag.sources import pythia
 
     kwargs = {} if args.pileup is None else {"pileup": args.pileup}
+    if args.chunk_jets is not None:
+        kwargs["chunk_jets"] = args.chunk_jets
     files = pythia.generate(process=args.process, n_jets=args.n_jets, seed=args.seed, output=args.output,
-                            workers=args.workers or os.cpu_count() or 1, detector=not args.no_detector, **kwargs)
+                            workers=args.workers or None, detector=not args.no_detector,
+                            scheduler=args.scheduler, **kwargs)
     print(f"wrote {len(files)} chunk files to {args.output}")
     return 0
 
@@ -151,7 +165,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.format == "cms-ntuple":
         from wtag.sources.cms_ntuple import import_cms_ntuple
 
-        out = import_cms_ntuple(paths, args.output)
+        out = import_cms_ntuple(paths, args.output, scheduler=args.scheduler, workers=args.workers)
     else:
         from wtag.sources.cms_images import import_cms_images
 
@@ -167,7 +181,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     config = _prepare_config(args)
     experiment_id = configure(tracking_uri_from_env(), args.experiment)
     run_id, ds = prepare_step(config, args.data_dir, experiment_id, workers=args.workers or None,
-                              run_id=_adopt_mlflow_run(experiment_id))
+                              run_id=_adopt_mlflow_run(experiment_id), scheduler=args.scheduler)
     print(f"prepared dataset {ds.digest} at {ds.root} (run {run_id})")
     return 0
 
@@ -180,7 +194,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_config = _train_config(args)
     experiment_id = configure(tracking_uri_from_env(), args.experiment)
     run_id = train_step(config, args.data_dir, experiment_id, args.model, train_config,
-                        workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id))
+                        workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id),
+                        scheduler=args.scheduler)
     print(f"training run {run_id}")
     return 0
 
@@ -213,8 +228,24 @@ def cmd_main(args: argparse.Namespace) -> int:
 
     experiment_id = configure(tracking_uri_from_env(), args.experiment)
     steps = main_pipeline(_prepare_config(args), args.data_dir, experiment_id, args.model, _train_config(args),
-                          args.metric, workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id))
+                          args.metric, workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id),
+                          scheduler=args.scheduler)
     print(" ".join(f"{k}={v}" for k, v in steps.items()))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from wtag.execution import ExecutionConfig
+    from wtag.scoring import score_step
+    from wtag.tracking import configure
+
+    inputs = tuple(s.strip() for item in args.inputs for s in item.split(",") if s.strip())
+    config = ScoreConfig(model=args.model, inputs=inputs, output=str(args.output), select=args.select,
+                         device=args.device)
+    experiment_id = configure(tracking_uri_from_env(), args.experiment)
+    run_id, summary = score_step(config, experiment_id, ExecutionConfig(args.scheduler, args.workers),
+                                 run_id=_adopt_mlflow_run(experiment_id))
+    print(f"score run {run_id}: {summary.jets} jets scored into {args.output}")
     return 0
 
 
@@ -249,13 +280,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean pileup interactions ('default': the tuned value)")
     p.add_argument("--no-detector", action="store_true",
                    help="particle level: no detector response (pileup is still overlaid unless --pileup 0)")
+    p.add_argument("--chunk-jets", type=_positive_int, default=None,
+                   help="jets per chunk file, one Dask task (default: the generator's, 1000)")
+    _add_scheduler_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("import", help="convert real CMS files to the canonical form")
     p.add_argument("--format", required=True, choices=[s for s in SOURCES if s != "pythia"])
     p.add_argument("inputs", nargs="+", help="local paths, https:// or root:// URLs")
     p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--workers", type=_int, default=1, help="local Dask workers for cms-ntuple file groups")
+    _add_scheduler_arg(p)
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("score", help="score many files with an ONNX tagger on Dask, one scores file per input")
+    p.add_argument("--model", default=ScoreConfig.model, help="registry URI, runs:/ URI or .onnx path")
+    p.add_argument("inputs", nargs="+", help="ROOT files with a 'jets' tree or c2numpy .npy files: paths, "
+                                             "globs, https:// or root:// URLs (commas also separate)")
+    p.add_argument("--output", type=Path, default=Path(ScoreConfig.output),
+                   help="folder for <input>.scores.root files")
+    p.add_argument("--device", default=ScoreConfig.device, choices=DEVICES,
+                   help="auto: CUDA where the worker has a GPU")
+    p.add_argument("--select", action="store_true", help="score only jets passing 200 < pT < 500 GeV, |eta| < 2")
+    p.add_argument("--workers", type=_int, default=0, help="local cluster worker processes (0: all cores)")
+    _add_experiment_arg(p)
+    _add_scheduler_arg(p)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("prepare", help="generate or import, split, weight, standardize, log to MLflow")
     _add_prepare_args(p)

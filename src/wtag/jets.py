@@ -18,6 +18,8 @@ from wtag.errors import WtagError
 from wtag.fileio import atomic_path
 
 ALL_SCALARS = schema.JET_BRANCHES + schema.EVENT_BRANCHES
+# A JSON string (TObjString) beside the tree: what made the file, for reuse checks (generator chunks).
+PROVENANCE_KEY = "wtag_provenance"
 
 
 def _scalar_dtype(name: str) -> type:
@@ -78,8 +80,9 @@ def make_jets(columns: Mapping[str, object]) -> ak.Array:
     return ak.Array(out)
 
 
-def write_jets(path: str | os.PathLike[str], jets: ak.Array) -> None:
-    """Write jets as the TTree ``jets`` (not RNTuple: ``mktree`` + ``extend``), atomically."""
+def write_jets(path: str | os.PathLike[str], jets: ak.Array, provenance: str | None = None) -> None:
+    """Write jets as the TTree ``jets`` (not RNTuple: ``mktree`` + ``extend``), atomically; ``provenance``
+    (a JSON string) is stored beside the tree as :data:`PROVENANCE_KEY`."""
     branch_types: dict[str, object] = {name: _scalar_dtype(name) for name in ALL_SCALARS}
     for name in schema.CAND_BRANCHES:
         branch_types[name] = ak.types.from_datashape(f"var * {np.dtype(_cand_dtype(name)).name}", highlevel=False)
@@ -91,6 +94,19 @@ def write_jets(path: str | os.PathLike[str], jets: ak.Array) -> None:
             tree = f.mktree(schema.TREE_NAME, branch_types, counter_name=lambda _: "ncand")
             if len(jets):
                 tree.extend(data)
+            if provenance is not None:
+                f[PROVENANCE_KEY] = provenance
+
+
+def read_provenance(path: str | os.PathLike[str]) -> str | None:
+    """The provenance string :func:`write_jets` stored in a file, or None (absent, unreadable, not ROOT)."""
+    try:
+        with uproot.open(path) as f:
+            if PROVENANCE_KEY not in f.keys(cycle=False):
+                return None
+            return str(f[PROVENANCE_KEY])
+    except Exception:  # any unreadable file simply has no provenance
+        return None
 
 
 def read_jets(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> ak.Array:

@@ -14,7 +14,7 @@ import numpy as np
 
 from wtag import plots, schema
 from wtag.dataset import SPLITS, PreparedDataset, load_prepared
-from wtag.prepare import PrepareConfig, prepare
+from wtag.prepare import PrepareConfig, prepare, prepared_key
 from wtag.runs import log_dataset_input
 from wtag.schema import Artifact, EntryPoint, Tag
 from wtag.taggers import TrainConfig
@@ -51,9 +51,12 @@ def log_prepared(ds: PreparedDataset) -> None:
 
 
 def prepare_step(config: PrepareConfig, data_dir: Path, experiment_id: str, workers: int | None = None,
-                 run_id: str | None = None, progress: bool = True) -> tuple[str, PreparedDataset]:
+                 run_id: str | None = None, progress: bool = True,
+                 scheduler: str = "") -> tuple[str, PreparedDataset]:
     """Run ``prepare`` in its own MLflow run, or reuse a finished one whose dataset is still on disk."""
-    params = config.params()
+    # The key holds the inputs' content digests and the data code's version: a run on an edited input file at
+    # the same path, or made by other feature code, is never reused.
+    params = {**config.params(), "prepared_key": prepared_key(config, data_dir)}
     if run_id is None:
         previous = find_finished_run(experiment_id, EntryPoint.PREPARE, params)
         if previous is not None:
@@ -65,7 +68,7 @@ def prepare_step(config: PrepareConfig, data_dir: Path, experiment_id: str, work
     description = f"prepare {config.source} jets ({config.sample_size()}, seed={config.seed})"
     with tracked_run(EntryPoint.PREPARE, f"prepare-{config.source}-{config.sample_size()}", description, params,
                      run_id=run_id) as run:
-        ds = prepare(config, data_dir, workers=workers, progress=progress)
+        ds = prepare(config, data_dir, workers=workers, progress=progress, scheduler=scheduler)
         log_prepared(ds)
         counts = ds.manifest["counts"]
         _say(f"prepare: dataset {ds.digest[:8]} at {ds.root}: " +
@@ -74,12 +77,13 @@ def prepare_step(config: PrepareConfig, data_dir: Path, experiment_id: str, work
 
 
 def train_step(config: PrepareConfig, data_dir: Path, experiment_id: str, model: str, train_config: TrainConfig,
-               workers: int | None = None, run_id: str | None = None, reuse: bool = False) -> str:
+               workers: int | None = None, run_id: str | None = None, reuse: bool = False,
+               scheduler: str = "") -> str:
     """Prepare (reusing) then train; with ``reuse`` a finished identical train run is returned instead."""
     from wtag.training import resolve_models, train
 
     resolve_models(model)  # a bad tagger name fails before any data is generated
-    prep_run_id, ds = prepare_step(config, data_dir, experiment_id, workers=workers)
+    prep_run_id, ds = prepare_step(config, data_dir, experiment_id, workers=workers, scheduler=scheduler)
     if reuse:
         params = {"model": model, "dataset_digest": ds.digest, **train_config.params()}
         previous = find_finished_run(experiment_id, EntryPoint.TRAIN, params)
@@ -91,7 +95,7 @@ def train_step(config: PrepareConfig, data_dir: Path, experiment_id: str, model:
 
 def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, model: str,
                   train_config: TrainConfig, metric: str, workers: int | None = None,
-                  run_id: str | None = None) -> dict[str, str]:
+                  run_id: str | None = None, scheduler: str = "") -> dict[str, str]:
     """prepare -> train -> evaluate -> export, each its own run, each reused when already done."""
     from wtag.evaluation import evaluate_step
     from wtag.onnx_export import export_step
@@ -102,7 +106,8 @@ def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, mod
     with tracked_run(EntryPoint.MAIN, run_name, description, params, run_id=run_id):
         import mlflow
 
-        train_run = train_step(config, data_dir, experiment_id, model, train_config, workers=workers, reuse=True)
+        train_run = train_step(config, data_dir, experiment_id, model, train_config, workers=workers, reuse=True,
+                               scheduler=scheduler)
         ds_digest = mlflow.get_run(train_run).data.params["dataset_digest"]
         eval_run, champion_run = evaluate_step(experiment_id, ds_digest, metric, train_run_id=train_run)
         export_run, version = export_step(experiment_id, champion_run)

@@ -1,7 +1,8 @@
 """The ``prepare`` step: generate or import jets, compute model inputs, split, weight, standardize, log.
 
-Prepared datasets live under ``<data_dir>/prepared/<key>`` where the key hashes the parameters, so the same
-parameters reuse the finished directory instead of regenerating it.
+Prepared datasets live under ``<data_dir>/prepared/<key>`` where the key hashes the parameters, the content
+digests of the inputs and the version of the data code, so only the same parameters on the same input content
+with the same code reuse the finished directory.
 """
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import awkward as ak
 import numpy as np
 
 from wtag import schema
+from wtag.codeversion import code_version, file_digest
 from wtag.dataset import (
     SPLITS,
     PreparedDataset,
@@ -81,21 +84,43 @@ class PrepareConfig:
                 "pileup": "default" if self.pileup is None else self.pileup,
                 "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
 
-    def key(self) -> str:
-        blob = json.dumps({**self.params(), "input": [_input_identity(p) for p in self.inputs]}, sort_keys=True)
+    def key(self, input_digests: Sequence[str] = (), code: str | None = None) -> str:
+        """The prepared dataset's folder name: a digest of the parameters (without the input names), the
+        inputs' content digests (in order) and the version of the code that computes prepared data. An
+        edited input, or changed feature code, makes a new key; a renamed or moved input does not."""
+        if len(input_digests) != len(self.inputs):
+            raise WtagError(f"key needs one content digest per input ({len(self.inputs)}), got {len(input_digests)}")
+        params = {k: v for k, v in self.params().items() if k != "input"}
+        blob = json.dumps({**params, "input_sha256": list(input_digests), "code": code or prepare_code_version()},
+                          sort_keys=True)
         return f"{self.source}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def _input_identity(path: str) -> str:
-    """A local input is identified by its resolved path, size and mtime, so an edited file is re-imported."""
-    p = Path(path)
-    if p.is_file():
-        st = p.stat()
-        return f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
-    return path
+# The code a prepared dataset depends on: sources (generation, import), features, splitting and weighting.
+PREPARE_MODULES = ("wtag.prepare", "wtag.dataset", "wtag.features", "wtag.jets", "wtag.schema", "wtag.sources")
+PREPARE_PACKAGES = ("numpy", "awkward", "uproot", "h5py", "pythia8mc", "fastjet", "vector")
 
 
-def _generate(config: PrepareConfig, data_dir: Path, workers: int, progress: bool) -> tuple[ak.Array, dict]:
+def prepare_code_version() -> str:
+    return code_version(PREPARE_MODULES, PREPARE_PACKAGES)
+
+
+def resolve_config_inputs(config: PrepareConfig, data_dir: Path) -> list[Path]:
+    """Local files for the config's inputs (URLs downloaded into ``data_dir/downloads``)."""
+    if not config.inputs:
+        return []
+    from wtag.sources.remote import resolve_inputs
+
+    return resolve_inputs(list(config.inputs), data_dir / "downloads")
+
+
+def prepared_key(config: PrepareConfig, data_dir: Path) -> str:
+    """:meth:`PrepareConfig.key` with the content digests of the (resolved) inputs."""
+    return config.key([file_digest(p) for p in resolve_config_inputs(config, data_dir)])
+
+
+def _generate(config: PrepareConfig, data_dir: Path, workers: int, progress: bool,
+              scheduler: str = "") -> tuple[ak.Array, dict]:
     from wtag.sources import pythia
 
     parts = []
@@ -105,7 +130,7 @@ def _generate(config: PrepareConfig, data_dir: Path, workers: int, progress: boo
         mu = "default" if config.pileup is None else f"{config.pileup:g}"
         out = data_dir / "generated" / f"{process}_n{config.n_jets}_seed{config.seed}_mu{mu}"
         files = pythia.generate(process=process, n_jets=config.n_jets, seed=config.seed, output=out,
-                                workers=workers, progress=progress, **kwargs)
+                                workers=workers, progress=progress, scheduler=scheduler, **kwargs)
         from wtag.jets import read_jets
 
         jets = read_jets(files)
@@ -199,15 +224,17 @@ def _split_arrays(label: np.ndarray, pt: np.ndarray, msd: np.ndarray, inputs: di
 
 
 def prepare(config: PrepareConfig, data_dir: Path, workers: int | None = None,
-            progress: bool = True) -> PreparedDataset:
-    """Build (or reuse) the prepared dataset for ``config`` under ``data_dir``."""
-    root = data_dir / "prepared" / config.key()
+            progress: bool = True, scheduler: str = "") -> PreparedDataset:
+    """Build (or reuse) the prepared dataset for ``config`` under ``data_dir`` (see :meth:`PrepareConfig.key`).
+
+    Generation runs on Dask: the cluster at ``scheduler``, else a local one of ``workers`` processes."""
+    root = data_dir / "prepared" / prepared_key(config, data_dir)
     if (root / "manifest.json").is_file():
         return load_prepared(root)
     workers = workers or os.cpu_count() or 1
     provenance: dict[str, object]
     if config.source == "pythia":
-        jets, provenance = _generate(config, data_dir, workers, progress)
+        jets, provenance = _generate(config, data_dir, workers, progress, scheduler)
         splits = _splits_from_jets(jets, config, progress)
     elif config.source == "cms-ntuple":
         jets, provenance = _import_ntuple(config, data_dir)

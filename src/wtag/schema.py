@@ -6,6 +6,10 @@ branch names of the on-disk ROOT TTree ``jets`` (the tutorial's c2numpy ntuple s
 from __future__ import annotations
 
 TREE_NAME = "jets"
+# Batch scoring's output tree, aligned entry by entry with the input's jets (usable as a friend of ``jets``).
+SCORES_TREE = "scores"
+SCORES_ID_BRANCHES = ("run", "lumi", "event", "ijet")
+SCORES_JET_BRANCHES = ("jet_pt_ak7", "jet_eta_ak7", "jet_msd_ak7")
 
 # Anti-kT jet radius and the tutorial's selection.
 JET_R = 0.7
@@ -147,6 +151,10 @@ class Tag:
     ONNX_MAX_ABS_DIFF = "wtag.onnx_max_abs_diff"
     ONNX_FRAC_DIFF = "wtag.onnx_frac_diff"
     STEP_PREFIX = "wtag.step."  # + step name, on the ``main`` run
+    ONNX_SHA256 = "wtag.onnx_sha256"
+    HOST = "wtag.host"  # where the process that owns a run lives, with its pid and start time: a run left
+    PID = "wtag.pid"  # RUNNING by a process that is gone is marked FAILED by the next step (wtag.tracking)
+    PID_START = "wtag.pid_start"
 
     @staticmethod
     def alias(alias: str, event: str) -> str:
@@ -168,6 +176,7 @@ class EntryPoint:
     EVALUATE = "evaluate"
     EXPORT = "export"
     MAIN = "main"
+    SCORE = "score"
 
 
 class Artifact:
@@ -181,6 +190,8 @@ class Artifact:
     COMPARISON_CSV = "comparison.csv"
     COMPARISON_MD = "comparison.md"
     CHAMPION_TXT = "champion.txt"
+    SCORE_INPUTS = "inputs.json"  # score run: each input with its size and sha256
+    SCORE_PLOT = "score_distribution.png"
 
 
 REGISTERED_MODEL = "wtag"

@@ -12,6 +12,7 @@ import hashlib
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,36 +42,110 @@ def require_server(uri: str, timeout: float = 5.0) -> None:
                         "or set MLFLOW_TRACKING_URI)")
 
 
+# MLflow's HTTP client: one retry after 1 s, 10 s per attempt. MLflow's defaults (7 retries, backoff factor 2,
+# 120 s timeout) kept a step whose server died retrying for minutes; with these a lost server fails the step
+# within seconds (see ``tracked_run``).
+HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
 def configure(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at ``uri`` and ``experiment`` after checking the server answers; return the experiment id.
 
-    Short HTTP retries so that a server that dies mid-run fails the run quickly instead of hanging.
+    Bounded HTTP retries (:data:`HTTP_RETRY_ENV`, unless the environment sets them) so that a server that dies
+    mid-run fails the run quickly instead of hanging; runs of this experiment left RUNNING by a process of this
+    host that is gone are marked FAILED (:func:`fail_abandoned_runs`).
     """
     import mlflow
 
     require_server(uri)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    for key, value in HTTP_RETRY_ENV.items():
+        os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.set_experiment(experiment)
+    fail_abandoned_runs(str(exp.experiment_id))
     return str(exp.experiment_id)
+
+
+def _process_start(pid: int) -> float | None:
+    """Start time (epoch seconds) of a live process, None when there is no such process."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def owner_tags() -> dict[str, str]:
+    """Host, pid and process start time of this process: who owns the runs it starts."""
+    pid = os.getpid()
+    return {Tag.HOST: platform.node(), Tag.PID: str(pid), Tag.PID_START: f"{_process_start(pid) or 0.0:.2f}"}
+
+
+def fail_abandoned_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED the experiment's RUNNING runs owned by a process of this host that no longer runs (a killed
+    step, or one whose tracking server died under it); returns their ids. Other hosts' runs are left alone:
+    only their own host can tell whether their process lives."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id], filter_string=(f"attributes.status = 'RUNNING' and "
+                                                              f"tags.`{Tag.HOST}` = '{platform.node()}'"),
+                              max_results=1000)
+    failed = []
+    for run in runs:
+        tags = run.data.tags
+        try:
+            pid, started = int(tags[Tag.PID]), float(tags.get(Tag.PID_START, "0"))
+        except (KeyError, ValueError):
+            continue
+        alive = _process_start(pid)
+        if alive is not None and abs(alive - started) < 1.0:
+            continue
+        client.set_terminated(run.info.run_id, status="FAILED")
+        failed.append(run.info.run_id)
+        print(f"note: run {run.info.run_id} was left RUNNING by process {pid}, which is gone: marked FAILED",
+              file=sys.stderr)
+    return failed
+
+
+def lost_server_error(entry_point: str) -> WtagError | None:
+    """A one-line error naming the tracking URI when the HTTP tracking server no longer answers, else None."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")) or is_healthy(uri, timeout=3.0):
+        return None
+    return WtagError(f"MLflow tracking server at {uri} stopped answering during {entry_point}; the run stays "
+                     "RUNNING until the next step marks it FAILED (restart the server and rerun: finished steps "
+                     "are reused)")
 
 
 def git_commit(repo: Path | None = None) -> str:
     """The code commit, or ``unknown`` outside git.
 
-    With uncommitted changes to tracked files it is ``<sha>-dirty-<hash of the diff>``, so the same edits
+    With uncommitted changes to tracked files, or untracked files git does not ignore (a new module), it is
+    ``<sha>-dirty-<hash of the diff and of the untracked files' names and contents>``, so the same edits
     reuse each other's runs but never a clean commit's, and vice versa.
     """
     repo = repo or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
-        diff = subprocess.run(["git", "diff", "HEAD"], cwd=repo, capture_output=True, check=True,
+        diff = subprocess.run(["git", "diff", "--binary", "HEAD"], cwd=repo, capture_output=True, check=True,
                               timeout=30).stdout
+        untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z"], cwd=repo,
+                                   capture_output=True, check=True, timeout=30).stdout.split(b"\0")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return f"{sha}-dirty-{hashlib.sha256(diff).hexdigest()[:12]}" if diff else sha
+    digest = hashlib.sha256(diff)
+    names = sorted(name for name in untracked if name)
+    for name in names:
+        digest.update(b"\0untracked\0" + name + b"\0")
+        with contextlib.suppress(OSError):  # removed meanwhile, or a socket: the name still counts
+            digest.update((repo / os.fsdecode(name)).read_bytes())
+    return f"{sha}-dirty-{digest.hexdigest()[:12]}" if diff or names else sha
 
 
 def environment_tags() -> dict[str, str]:
@@ -127,7 +202,7 @@ def tracked_run(entry_point: str, run_name: str, description: str, params: Mappi
     """
     import mlflow
 
-    all_tags = {**environment_tags(), Tag.ENTRY_POINT: entry_point, **(tags or {})}
+    all_tags = {**environment_tags(), **owner_tags(), Tag.ENTRY_POINT: entry_point, **(tags or {})}
     nested = nested or mlflow.active_run() is not None  # a step inside `main` becomes its child run
     with mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=all_tags,
                           description=description) as run:
@@ -136,6 +211,12 @@ def tracked_run(entry_point: str, run_name: str, description: str, params: Mappi
             existing = mlflow.get_run(run.info.run_id).data.params if run_id else {}
             mlflow.log_params({k: _as_param(v) for k, v in params.items() if k not in existing})
             yield run
-        except BaseException:
+        except BaseException as exc:
+            lost = lost_server_error(entry_point) if not isinstance(exc, KeyboardInterrupt) else None
+            if lost is not None:
+                # end_run leaves the run locally before it asks the (dead) server, which fails fast now.
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status="FAILED")
+                raise lost from None
             mlflow.end_run(status="FAILED")
             raise

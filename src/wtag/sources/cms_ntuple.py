@@ -50,15 +50,7 @@ def read_cms_ntuple(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise WtagError("no input files given")
-    seen: dict[Path, Path] = {}
-    for path in paths:
-        resolved = path.resolve()
-        if resolved in seen:
-            raise WtagError(f"{path}: given twice (its PF candidates would be counted twice)")
-        seen[resolved] = path
+    paths = _distinct([Path(p) for p in paths])
     tables = [_load_columns(path) for path in paths]
     # mcweight always: a data file without it still gets weight 1, not "unknown".
     optional = sorted({name for table in tables for name in table if name in OPTIONAL_JET_COLUMNS} | {"mcweight"})
@@ -69,19 +61,102 @@ def read_cms_ntuple(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[
     return _group_jets(columns, file_of_row, paths)
 
 
+def _distinct(paths: list[Path]) -> list[Path]:
+    if not paths:
+        raise WtagError("no input files given")
+    seen: set[Path] = set()
+    for path in paths:
+        resolved = path.resolve()
+        if resolved in seen:
+            raise WtagError(f"{path}: given twice (its PF candidates would be counted twice)")
+        seen.add(resolved)
+    return paths
+
+
+def jet_keys(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The distinct (run, lumi, event, ijet) of a file's rows in order of first appearance, shape (n, 4);
+    None when the file cannot be read that far (reading it properly then says why)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.dtype.names is None or array.ndim != 1:
+            return None
+        keys = np.stack([np.asarray(array[name], dtype=np.int64) for name in KEY_COLUMNS], axis=1)
+    except Exception:  # any unreadable file: the importer's own checks word the error
+        return None
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return keys[np.sort(first)]
+
+
+def file_groups(paths: Sequence[str | os.PathLike[str]]) -> list[list[int]]:
+    """Contiguous runs of input indices to read together: c2numpy can split one jet's rows over two files,
+    so files that share a jet (and every file between them) form one group; the others stand alone.
+
+    Reading each group with :func:`read_cms_ntuple` and concatenating the groups in order gives exactly the
+    jets of reading all files at once (jets never cross a group boundary).
+    """
+    keys = [jet_keys(p) for p in paths]
+    reach = list(range(len(paths)))  # the last file each file shares a jet with
+    rows = [(k, i) for i, k in enumerate(keys) if k is not None and len(k)]
+    if rows:
+        stacked = np.concatenate([k for k, _ in rows])
+        owner = np.concatenate([np.full(len(k), i) for k, i in rows])
+        order = np.lexsort(stacked.T[::-1])
+        stacked, owner = stacked[order], owner[order]
+        same = np.all(stacked[1:] == stacked[:-1], axis=1) & (owner[1:] != owner[:-1])
+        for a, b in zip(owner[:-1][same], owner[1:][same]):
+            lo, hi = int(min(a, b)), int(max(a, b))
+            reach[lo] = max(reach[lo], hi)
+    groups: list[list[int]] = []
+    start, end = 0, -1
+    for i in range(len(paths)):
+        end = max(end, reach[i])
+        if i == end:
+            groups.append(list(range(start, i + 1)))
+            start = i + 1
+    return groups
+
+
+def jets_per_file(paths: Sequence[str | os.PathLike[str]]) -> list[int]:
+    """How many of the jets :func:`read_cms_ntuple` returns for ``paths`` start in each file (jets come in
+    order of their first row, so they split file by file in these counts)."""
+    seen: set[tuple[int, ...]] = set()
+    counts = []
+    for path in paths:
+        keys = jet_keys(path)
+        if keys is None:
+            raise WtagError(f"{path}: cannot read its (run, lumi, event, ijet) columns")
+        new = [tuple(k) for k in keys.tolist() if tuple(k) not in seen]
+        seen.update(new)
+        counts.append(len(new))
+    return counts
+
+
 def import_cms_ntuple(inputs: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str],
-                      cache_dir: str | os.PathLike[str] | None = None, select_jets: bool = False) -> Path:
+                      cache_dir: str | os.PathLike[str] | None = None, select_jets: bool = False,
+                      scheduler: str = "", workers: int = 1) -> Path:
     """Read the ntuples (local paths or URLs) and write ``output_dir/cms_ntuple.root`` (TTree ``jets``).
 
     All jets are written unless ``select_jets`` applies the tutorial selection (200 < pT < 500 GeV,
     |eta| < 2). Downloads go to ``cache_dir`` (default ``output_dir/downloads``). The file appears only
     when complete; nothing is written when an input is bad or the selection is empty.
+
+    With a ``scheduler`` address (or ``workers`` > 1: a local cluster) each :func:`file_groups` group is read,
+    checked and completed (substructure) by its own Dask task; the jets are the same as read in one go.
     """
+    from wtag.execution import ExecutionConfig, dask_client, run_tasks, scheduler_address
     from wtag.sources.remote import resolve_inputs
 
     output_dir = Path(output_dir)
-    files = resolve_inputs(inputs, Path(cache_dir) if cache_dir is not None else output_dir / "downloads")
-    jets = read_cms_ntuple(files)
+    files = _distinct(resolve_inputs(inputs, Path(cache_dir) if cache_dir is not None
+                                     else output_dir / "downloads"))
+    groups = file_groups(files)
+    if len(groups) > 1 and (scheduler_address(scheduler) or workers != 1):
+        with dask_client(ExecutionConfig(scheduler, workers), max_workers=len(groups)) as client:
+            parts = run_tasks(client, read_cms_ntuple, [([files[i] for i in g],) for g in groups],
+                              key_prefix="import-ntuple")
+        jets = ak.concatenate(parts) if len(parts) > 1 else parts[0]
+    else:
+        jets = read_cms_ntuple(files)
     if select_jets:
         n_read = len(jets)
         jets = select(jets)

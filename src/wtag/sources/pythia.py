@@ -28,12 +28,14 @@ and however often the run was interrupted and resumed.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
 import math
-import multiprocessing as mp
 import os
-import queue
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -46,9 +48,12 @@ import uproot
 from tqdm import tqdm
 
 from wtag import schema
+from wtag.codeversion import code_version
 from wtag.errors import WtagError
+from wtag.execution import ExecutionConfig, available_cores, dask_client, run_tasks, scheduler_address, worker_state
 from wtag.features.substructure import substructure
-from wtag.jets import make_jets, write_jets
+from wtag.fileio import atomic_path
+from wtag.jets import make_jets, read_provenance, write_jets
 from wtag.sources import detector as det
 
 PROCESSES = schema.PROCESSES
@@ -105,7 +110,7 @@ class Tuning:
     MU = 12 and is still further off). ``ttbar_pthat_min`` / ``wjets_pthat_min`` bias the phase space towards
     boosted W: a W jet above 200 GeV needs a top or W of about that pT; for ttbar, pT-hat > 150 GeV doubles the
     merged-W jets per event and loses 4.5% of them (jets near 200 GeV), measured against pT-hat > 100 GeV.
-    ``pileup_pool`` minimum-bias events are generated once per worker and drawn from with a random azimuthal
+    ``pileup_pool`` minimum-bias events are generated once per run (a file beside the chunks) and drawn from with a random azimuthal
     rotation and z reflection. ``pythia_settings`` are extra ``readString`` lines for the hard process.
     """
 
@@ -476,94 +481,98 @@ def plan_chunks(process: str, n_jets: int, seed: int, output: Path, chunk_jets: 
     return specs
 
 
-def chunk_complete(spec: ChunkSpec) -> bool:
-    """True when the chunk file exists and holds this chunk's jets (same count and sample), so it is not redone."""
-    if not spec.path.is_file():
+GENERATOR_MODULES = ("wtag.sources.pythia", "wtag.sources.detector", "wtag.features", "wtag.jets", "wtag.schema")
+GENERATOR_PACKAGES = ("pythia8mc", "fastjet", "numpy", "awkward", "vector")
+
+
+@functools.cache
+def generator_version() -> str:
+    """Digest of the generator's code and physics packages; recorded in every chunk and pileup pool."""
+    return code_version(GENERATOR_MODULES, GENERATOR_PACKAGES)
+
+
+def chunk_provenance(spec: ChunkSpec, config: RunConfig, version: str) -> str:
+    """What decides a chunk's content, as the JSON string stored in the chunk file: a chunk is reused only
+    when this matches exactly (seeds, sample, size, pileup, detector, tuning and generator code version)."""
+    return json.dumps({
+        "process": spec.process, "chunk": spec.index, "sample_id": spec.sample.sample_id, "n_jets": spec.n_jets,
+        "pythia_seed": spec.pythia_seed, "numpy_seed": spec.numpy_seed, "seed": config.seed,
+        "pileup": config.pileup, "detector": config.detector, "tuning": dataclasses.asdict(config.tuning),
+        "generator": version,
+    }, sort_keys=True)
+
+
+def chunk_complete(spec: ChunkSpec, provenance: str) -> bool:
+    """True when the chunk file exists, holds ``spec.n_jets`` jets and was made with exactly ``provenance``
+    (:func:`chunk_provenance`); anything else (older code, other pileup or tuning, a truncated or foreign
+    file) is regenerated."""
+    if not spec.path.is_file() or read_provenance(spec.path) != provenance:
         return False
     try:
         with uproot.open(spec.path) as f:
-            tree = f[schema.TREE_NAME]
-            if tree.num_entries != spec.n_jets:
-                return False
-            return int(tree["sample_id"].array(library="np", entry_stop=1)[0]) == spec.sample.sample_id
+            return f[schema.TREE_NAME].num_entries == spec.n_jets
     except Exception:  # an unreadable leftover is simply regenerated
         return False
 
 
-def _run_chunk(spec: ChunkSpec, config: RunConfig, pool: MinBiasPool | None,
-               progress: Callable[[int], None]) -> ChunkStats:
-    jets, stats = generate_chunk(spec, config, pool, progress)
-    write_jets(spec.path, jets)
-    return stats
-
-
-def _pool_for(config: RunConfig) -> MinBiasPool | None:
-    """The worker's pileup pool (None without pileup): the same events in every worker, from the seed alone."""
+def pool_path(output: Path, config: RunConfig) -> Path | None:
+    """Where the run's pileup pool lives (None without pileup): beside the chunks, named by the digest of
+    everything it derives from (seed, size, FSR alpha_s, generator version), so any change makes a new one."""
     if config.pileup <= 0:
         return None
-    return make_pool(config.seed, config.tuning.pileup_pool, config.tuning.fsr_alphas)
+    key = json.dumps({"seed": config.seed, "size": config.tuning.pileup_pool,
+                      "fsr_alphas": config.tuning.fsr_alphas, "generator": generator_version()}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return output / "pileup" / f"minbias_seed{config.seed}_{digest}.npz"
 
 
-def _worker(tasks: mp.Queue, results: mp.Queue, config: RunConfig) -> None:
-    """Spawned worker: build the pileup pool once, then take chunks until the sentinel; report by message."""
-    try:
-        pool = _pool_for(config)
-        while (spec := tasks.get()) is not None:
-            _run_chunk(spec, config, pool, lambda n: results.put(("progress", n)))
-            results.put(("done", spec.index))
-    except BaseException as exc:  # reported to the parent, which raises it
-        message = str(exc) if isinstance(exc, WtagError) else traceback.format_exc()
-        results.put(("error", isinstance(exc, WtagError), message))
+def ensure_pool(path: Path, config: RunConfig) -> str:
+    """Build the pileup pool into ``path`` (atomically) unless a readable one is there; return the path.
+
+    One task per run: every chunk task then reads the file instead of spending ~13 s of Pythia on it.
+    """
+    if path.is_file():
+        with contextlib.suppress(Exception):  # a damaged pool is rebuilt
+            load_pool(path)
+            return str(path)
+    pool = make_pool(config.seed, config.tuning.pileup_pool, config.tuning.fsr_alphas)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{f.name: getattr(pool, f.name) for f in fields(MinBiasPool)})
+    return str(path)
 
 
-def _run_parallel(todo: list[ChunkSpec], config: RunConfig, workers: int, bar: tqdm) -> None:
-    ctx = mp.get_context("spawn")
-    tasks, results = ctx.Queue(), ctx.Queue()
-    for spec in todo:
-        tasks.put(spec)
-    procs = [ctx.Process(target=_worker, args=(tasks, results, config), daemon=True) for _ in range(workers)]
-    for _ in procs:
-        tasks.put(None)
-    for proc in procs:
-        proc.start()
-    try:
-        remaining = len(todo)
-        while remaining:
-            try:
-                message = results.get(timeout=1.0)
-            except queue.Empty:
-                if all(not p.is_alive() for p in procs) and results.empty():
-                    raise RuntimeError("generator workers exited before finishing their chunks") from None
-                continue
-            if message[0] == "progress":
-                bar.update(message[1])
-            elif message[0] == "done":
-                remaining -= 1
-            else:
-                _, is_user_error, text = message
-                raise WtagError(text) if is_user_error else RuntimeError(f"generator worker failed:\n{text}")
-        for proc in procs:
-            proc.join()
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
+def load_pool(path: str | os.PathLike[str]) -> MinBiasPool:
+    """A pool file written by :func:`ensure_pool`, read once per worker process (content-addressed name)."""
+    state = worker_state()
+    key = f"pileup-pool:{os.fspath(path)}"
+    if key not in state:
+        with np.load(path, allow_pickle=False) as data:
+            state[key] = MinBiasPool(**{f.name: data[f.name] for f in fields(MinBiasPool)})
+    return state[key]
 
 
-def _available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def run_chunk(spec: ChunkSpec, config: RunConfig, pool_file: str | None, _after: object = None) -> ChunkStats:
+    """One task: generate a chunk and write its file atomically with its provenance. ``_after`` only orders
+    the task after the pool's (a Dask future's result, unused)."""
+    pool = load_pool(pool_file) if pool_file else None
+    jets, stats = generate_chunk(spec, config, pool)
+    write_jets(spec.path, jets, provenance=chunk_provenance(spec, config, generator_version()))
+    return stats
 
 
 def generate(process: str, n_jets: int, seed: int, output: str | os.PathLike[str], workers: int | None = None,
              pileup: float = DEFAULT_PILEUP, detector: bool = True, chunk_jets: int = DEFAULT_CHUNK_JETS,
-             progress: bool = True, **tuning: object) -> list[Path]:
+             progress: bool = True, scheduler: str = "", **tuning: object) -> list[Path]:
     """Generate ``n_jets`` selected jets of ``process`` into ``output/<process>_seed<S>_chunk<k>.root`` files.
 
-    One worker process per core (``workers``, default all cores); finished chunks are kept and skipped when the
-    run is repeated, so an interrupted run resumes. ``tuning`` sets :class:`Tuning` fields by name. Returns the
-    chunk paths in chunk order. Workers are spawned (not forked: the caller may hold threads, e.g. TensorFlow's),
-    so a script that calls this with several workers needs the ``if __name__ == "__main__":`` guard.
+    One Dask task per chunk (:mod:`wtag.execution`): on the cluster at ``scheduler`` (or Dask's configured
+    address), else on a local cluster of ``workers`` processes (default all usable cores; one worker and no
+    scheduler runs in this process). The pileup pool is built once, by one task, into ``output/pileup/``.
+    Chunks whose file records the same provenance are kept, so an interrupted run resumes; the client then
+    checks every chunk. ``tuning`` sets :class:`Tuning` fields by name. Returns the chunk paths in chunk order.
+    Local workers are spawned, so a script that calls this with several workers needs the
+    ``if __name__ == "__main__":`` guard.
     """
     if process not in PROCESSES:
         raise WtagError(f"unknown process {process!r}; choose one of {', '.join(PROCESSES)}")
@@ -575,7 +584,7 @@ def generate(process: str, n_jets: int, seed: int, output: str | os.PathLike[str
         raise WtagError(f"pileup must be a finite number >= 0, got {pileup!r}")
     if isinstance(chunk_jets, bool) or not isinstance(chunk_jets, (int, np.integer)) or chunk_jets <= 0:
         raise WtagError(f"chunk_jets must be a positive integer, got {chunk_jets!r}")
-    workers = _available_cores() if workers is None else workers
+    workers = available_cores() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers <= 0:
         raise WtagError(f"workers must be a positive integer, got {workers!r}")
     known = {f.name for f in fields(Tuning)}
@@ -586,14 +595,28 @@ def generate(process: str, n_jets: int, seed: int, output: str | os.PathLike[str
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     specs = plan_chunks(process, int(n_jets), int(seed), output, int(chunk_jets), config.tuning)
-    todo = [spec for spec in specs if not chunk_complete(spec)]
+    version = generator_version()
+    expected = {spec.index: chunk_provenance(spec, config, version) for spec in specs}
+    todo = [spec for spec in specs if not chunk_complete(spec, expected[spec.index])]
     done_jets = sum(spec.n_jets for spec in specs) - sum(spec.n_jets for spec in todo)
+    pool_file = pool_path(output, config)
     with tqdm(total=int(n_jets), initial=done_jets, unit="jet", desc=f"generate {process}",
               disable=not progress) as bar:
-        if todo and (workers == 1 or len(todo) == 1):
-            pool = _pool_for(config)
+        if todo and not scheduler_address(scheduler) and (workers == 1 or len(todo) == 1):
+            pool = ensure_pool(pool_file, config) if pool_file else None
             for spec in todo:
-                _run_chunk(spec, config, pool, bar.update)
+                run_chunk(spec, config, pool)
+                bar.update(spec.n_jets)
         elif todo:
-            _run_parallel(todo, config, min(int(workers), len(todo)), bar)
+            with dask_client(ExecutionConfig(scheduler, int(workers)), max_workers=len(todo),
+                             quiet=not progress) as client:
+                pool = (client.submit(ensure_pool, pool_file, config, key=f"pileup-pool-{pool_file.stem}",
+                                      pure=False) if pool_file else None)
+                run_tasks(client, run_chunk,
+                          [(spec, config, str(pool_file) if pool_file else None, pool) for spec in todo],
+                          on_result=lambda i, _: bar.update(todo[i].n_jets), key_prefix=f"chunk-{process}")
+    bad = [spec.path.name for spec in todo if not chunk_complete(spec, expected[spec.index])]
+    if bad:
+        raise WtagError(f"{len(bad)} chunk file(s) missing or not as planned after the run ({', '.join(bad[:5])}); "
+                        "workers must write to a filesystem this machine sees, with the same wtag code")
     return [spec.path for spec in specs]
