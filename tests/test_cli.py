@@ -28,3 +28,17 @@ def test_mlproject_style_numbers_are_accepted():
         build_parser().parse_args(["train", "--epochs", "2.5"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--epochs", "0"])
+
+
+def test_decorrelation_arguments_default_to_the_config():
+    from wtag.cli import _disco_lambdas, _max_sculpting, _train_config
+    from wtag.evaluation import DEFAULT_MAX_SCULPTING
+    from wtag.taggers import TrainConfig
+
+    args = build_parser().parse_args(["train"])
+    assert _train_config(args) == TrainConfig() and _disco_lambdas(args) is None
+    args = build_parser().parse_args(["main", "--disco-lambda", "0,1,3", "--n-bootstrap", "50.0",
+                                      "--max-sculpting", "0.1"])
+    assert _disco_lambdas(args) == [0.0, 1.0, 3.0] and _train_config(args).n_bootstrap == 50
+    assert _max_sculpting(args) == 0.1
+    assert _max_sculpting(build_parser().parse_args(["evaluate"])) == DEFAULT_MAX_SCULPTING

@@ -91,6 +91,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--patience", type=_positive_int, default=5)
     p.add_argument("--train-seed", type=_int, default=42, help="seed of weight initialisation and shuffling")
+    p.add_argument("--disco-lambda", default=None,
+                   help="DisCo mass-decorrelation strength for the Keras taggers (0 = off); a comma-separated "
+                        "list (e.g. 0,1,3,10) trains one run per value (default: TrainConfig.disco_lambda)")
+    p.add_argument("--n-bootstrap", type=_positive_int, default=None,
+                   help="bootstrap resamples for the test metrics' errors (default: TrainConfig.n_bootstrap)")
+
+
+def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-sculpting", type=float, default=None,
+                   help="largest test_mass_sculpting of the 'decorrelated' candidate "
+                        "(default: wtag.evaluation.DEFAULT_MAX_SCULPTING)")
 
 
 def _prepare_config(args: argparse.Namespace):
@@ -106,8 +117,27 @@ def _prepare_config(args: argparse.Namespace):
 def _train_config(args: argparse.Namespace):
     from wtag.taggers import TrainConfig
 
+    optional = {"n_bootstrap": args.n_bootstrap}
+    lambdas = _disco_lambdas(args)
+    if lambdas:
+        optional["disco_lambda"] = lambdas[0]
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       patience=args.patience, seed=args.train_seed)
+                       patience=args.patience, seed=args.train_seed,
+                       **{k: v for k, v in optional.items() if v is not None})
+
+
+def _disco_lambdas(args: argparse.Namespace) -> list[float] | None:
+    """The DisCo scan of ``--disco-lambda`` (None: the TrainConfig default)."""
+    from wtag.training import parse_disco_lambdas
+
+    text = getattr(args, "disco_lambda", None)
+    return None if text in (None, "") else parse_disco_lambdas(text)
+
+
+def _max_sculpting(args: argparse.Namespace) -> float:
+    from wtag.evaluation import DEFAULT_MAX_SCULPTING
+
+    return DEFAULT_MAX_SCULPTING if args.max_sculpting is None else args.max_sculpting
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -156,7 +186,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_config = _train_config(args)
     experiment_id = configure(_tracking_uri(), args.experiment)
     run_id = train_step(config, args.data_dir, experiment_id, args.model, train_config,
-                        workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id))
+                        workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id),
+                        disco_lambdas=_disco_lambdas(args))
     print(f"training run {run_id}")
     return 0
 
@@ -166,8 +197,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from wtag.tracking import configure
 
     experiment_id = configure(_tracking_uri(), args.experiment)
+    from wtag.evaluation import DEFAULT_N_BOOTSTRAP
+
     eval_run, champion = evaluate_step(experiment_id, args.dataset_digest or None, args.metric,
-                                       run_id=_adopt_mlflow_run(experiment_id))
+                                       run_id=_adopt_mlflow_run(experiment_id), max_sculpting=_max_sculpting(args),
+                                       n_bootstrap=args.n_bootstrap or DEFAULT_N_BOOTSTRAP)
     print(f"evaluation run {eval_run}; champion run {champion}")
     return 0
 
@@ -189,7 +223,8 @@ def cmd_main(args: argparse.Namespace) -> int:
 
     experiment_id = configure(_tracking_uri(), args.experiment)
     steps = main_pipeline(_prepare_config(args), args.data_dir, experiment_id, args.model, _train_config(args),
-                          args.metric, workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id))
+                          args.metric, workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id),
+                          max_sculpting=_max_sculpting(args), disco_lambdas=_disco_lambdas(args))
     print(" ".join(f"{k}={v}" for k, v in steps.items()))
     return 0
 
@@ -258,18 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="wtag")
     p.add_argument("--metric", default="test_r50")
     p.add_argument("--dataset-digest", default="", help="default: the newest tagger run's dataset")
+    _add_evaluate_args(p)
+    p.add_argument("--n-bootstrap", type=_positive_int, default=None,
+                   help="bootstrap resamples for the champion margin and ROC bands "
+                        "(default: wtag.evaluation.DEFAULT_N_BOOTSTRAP)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a tagger run to ONNX, check parity, register, move the alias")
     p.add_argument("--experiment", default="wtag")
     p.add_argument("--run-id", default="", help="tagger run to export (default: the newest evaluation's champion)")
-    p.add_argument("--alias", default="champion")
+    p.add_argument("--alias", default="champion",
+                   help="registry alias to move; 'decorrelated' without --run-id exports the newest evaluation's "
+                        "decorrelated choice")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("main", help="prepare -> train -> evaluate -> export, reusing finished steps")
     _add_prepare_args(p)
     _add_train_args(p)
     p.add_argument("--metric", default="test_r50")
+    _add_evaluate_args(p)
     p.set_defaults(func=cmd_main)
 
     p = sub.add_parser("serve", help="serve a model over REST with ONNX Runtime")

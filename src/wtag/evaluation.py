@@ -35,6 +35,7 @@ from wtag.runs import (
     train_config,
 )
 from wtag.schema import DECORRELATION_NONE, Artifact, EntryPoint, Tag
+from wtag.taggers.base import TrainConfig
 
 # metric -> True when larger is better.
 CHAMPION_METRICS: dict[str, bool] = {"test_r50": True, "test_r30": True, "test_auc": True,
@@ -45,7 +46,7 @@ TABLE_METRICS = ("test_auc", "test_r50", "test_r30", "test_mass_sculpting", "tes
 ERROR_METRICS = ("test_auc", "test_r50", "test_r30", "test_mass_sculpting", "test_inv_jsd")
 DEFAULT_MAX_SCULPTING = 0.05
 """``max_sculpting``: the largest test_mass_sculpting (JSD) a candidate may have to be the ``decorrelated`` one."""
-DEFAULT_N_BOOTSTRAP = 200
+DEFAULT_N_BOOTSTRAP = TrainConfig.n_bootstrap
 """Resamples for the paired champion margin, errors missing from older runs and the ROC bands."""
 BOOTSTRAP_SEED = 20111
 SIGNIFICANT_SIGMA = 2.0

@@ -106,6 +106,11 @@ def parse_disco_lambdas(text: str) -> list[float]:
     return list(dict.fromkeys(values))
 
 
+def scan_text(config: TrainConfig, disco_lambdas: Sequence[float] | None = None) -> str:
+    """The ``disco_lambda`` parameter of a ``train`` run: the scanned strengths, comma-separated."""
+    return ",".join(f"{v:g}" for v in (disco_lambdas or [config.disco_lambda]))
+
+
 def training_plan(names: Sequence[str], config: TrainConfig, disco_lambdas: Sequence[float] | None = None,
                   ) -> list[tuple[str, TrainConfig]]:
     """(tagger, config) per tagger run: every DisCo strength for the taggers that support it (Keras), one run
@@ -239,9 +244,8 @@ def train(ds: PreparedDataset, model: str, config: TrainConfig, prepare_run_id: 
     if "cut" in names:
         names = ["cut"] + [n for n in names if n != "cut"]
     plan = training_plan(names, config, disco_lambdas)
-    scan = ",".join(f"{v:g}" for v in (disco_lambdas or [config.disco_lambda]))
     params = {"model": model, "source": ds.source, "dataset_digest": ds.digest, **config.params(),
-              "disco_lambda": scan}
+              "disco_lambda": scan_text(config, disco_lambdas)}
     description = f"train {', '.join(names)} on {len(ds.train)} {ds.source} jets (dataset {ds.digest[:8]})"
     tags = {Tag.DATASET_DIGEST: ds.digest, Tag.SOURCE: ds.source,
             **({Tag.PREPARE_RUN_ID: prepare_run_id} if prepare_run_id else {})}
