@@ -159,3 +159,24 @@ def test_too_few_qcd_jets_fail_clearly(data: dict[str, Split]) -> None:
         tagger.fit(tiny, tiny)
     with pytest.raises(WtagError, match="no QCD jets"):
         tagger.fit(small.subset(np.flatnonzero(small.label == 1)), small)
+
+
+@pytest.mark.slow
+def test_export_step_checks_contract_and_parity(tracking_server: str, tmp_path: Path) -> None:
+    """The real export path: train the ddt through train(), export it (contract check, parity on the test set)."""
+    import mlflow
+    from test_onnx_export import log_prepare_run, new_experiment, synthetic_dataset
+
+    from wtag.onnx_export import export_step
+    from wtag.training import train
+
+    mlflow.set_tracking_uri(tracking_server)
+    experiment_id = new_experiment("ddt-export")
+    ds = synthetic_dataset(tmp_path / "ds", seed=9)
+    log_prepare_run(ds)
+    train(ds, "ddt", TrainConfig(n_bootstrap=20))
+    (run,) = mlflow.search_runs([experiment_id], "tags.`wtag.tagger` = 'ddt'", output_format="list")
+    export_run_id, version = export_step(experiment_id, run.info.run_id, register=False)
+    exported = mlflow.get_run(export_run_id)
+    assert exported.info.status == "FINISHED" and version == ""
+    assert exported.data.metrics["onnx_max_abs_diff"] <= 1e-5 and exported.data.metrics["onnx_frac_diff"] == 0
