@@ -301,3 +301,23 @@ def test_rejection_band_brackets_the_measurement() -> None:
         value = metrics.background_rejection(y, score, eff)
         assert low < value < high
         assert (high - low) / value < 0.5
+
+
+def test_sculpting_floor_is_what_a_mass_blind_cut_shows() -> None:
+    rng = np.random.default_rng(12)
+    n = 4000
+    y = (np.arange(n) % 2).astype(np.int64)
+    msd = rng.exponential(50.0, n)
+    # mass-blind: QCD scores independent of the mass; the measured JSD is pure statistics, near the floor
+    blind = np.where(y == 1, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 1.0, n) ** 3)
+    floor = metrics.sculpting_floor(msd, y, blind, 100, seed=1)
+    assert 0 < floor < 0.1
+    assert metrics.mass_sculpting(msd, y, blind) == pytest.approx(floor, abs=4 * floor)
+    # a mass cut with a similar number of QCD jets passing sculpts far above the floor
+    massive = np.where(y == 1, rng.uniform(0.5, 1.0, n), np.where(np.abs(msd - 80) < 10, 0.9, 0.1))
+    assert metrics.mass_sculpting(msd, y, massive) > 5 * metrics.sculpting_floor(msd, y, massive, 100, seed=1)
+    # fewer jets passing: a higher floor
+    tight = np.where(y == 1, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 1.0, n) ** 10)
+    assert metrics.sculpting_floor(msd, y, tight, 100, seed=1) > floor
+    out = metrics.summary(y, blind, msd, n_bootstrap=20, seed=1)
+    assert out["test_mass_sculpting_floor"] == pytest.approx(metrics.sculpting_floor(msd, y, blind, 20, seed=1))

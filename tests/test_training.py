@@ -53,7 +53,9 @@ def test_mlflow_run_train_logs_parent_and_nested_runs(trained_all):
         assert 0.0 <= child.data.metrics["test_auc"] <= 1.0
         assert child.info.run_name.startswith(f"{name}-pythia-")
         assert child.data.tags["mlflow.note.content"]
-        if name not in ("cut",):
+        assert {f"{k}_err" for k in ("test_auc", "test_r50", "test_r30")} <= set(child.data.metrics), name
+        assert child.data.tags["wtag.decorrelation"] == "none"
+        if name not in ("cut", "ddt"):  # the cut-based taggers have no epochs
             for key in ("loss", "val_loss", "val_auc"):
                 assert client.get_metric_history(child.info.run_id, key), (name, key)
         plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}

@@ -41,7 +41,7 @@ from wtag.taggers.base import TrainConfig
 CHAMPION_METRICS: dict[str, bool] = {"test_r50": True, "test_r30": True, "test_auc": True,
                                      "test_mass_sculpting": False}
 TABLE_METRICS = ("test_auc", "test_r50", "test_r30", "test_mass_sculpting", "test_inv_jsd", "test_accuracy",
-                 "test_mass_dcorr")
+                 "test_mass_dcorr", "test_mass_sculpting_floor")
 # Metrics with a bootstrap error (``{metric}_err``), as wtag.metrics.BOOTSTRAP_METRICS with the test_ prefix.
 ERROR_METRICS = ("test_auc", "test_r50", "test_r30", "test_mass_sculpting", "test_inv_jsd")
 DEFAULT_MAX_SCULPTING = 0.05
@@ -425,17 +425,18 @@ def front_table(candidates: Sequence[Candidate], front: Sequence[int]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["candidate", "run_id", "test_r50", "test_r50_err", "test_inv_jsd", "test_inv_jsd_err",
-                     "test_mass_sculpting", "test_mass_sculpting_err", "on_front"])
+                     "test_mass_sculpting", "test_mass_sculpting_err", "test_mass_sculpting_floor", "on_front"])
     for i, c in enumerate(candidates):
         m = c.metrics
         writer.writerow([c.label, c.run_id, *(m.get(k, math.nan) for k in (
             "test_r50", "test_r50_err", "test_inv_jsd", "test_inv_jsd_err", "test_mass_sculpting",
-            "test_mass_sculpting_err")), i in front])
+            "test_mass_sculpting_err", "test_mass_sculpting_floor")), i in front])
     return out.getvalue()
 
 
 def log_front(candidates: Sequence[Candidate], ds: PreparedDataset,
-              curves: Mapping[str, tuple[np.ndarray, np.ndarray]], tmp: Path) -> list[Candidate]:
+              curves: Mapping[str, tuple[np.ndarray, np.ndarray]], tmp: Path,
+              max_sculpting: float | None = None) -> list[Candidate]:
     """Log the rejection-vs-1/JSD figure, the QCD mass of the front's members and the front table; return the
     front's members."""
     import mlflow
@@ -447,7 +448,8 @@ def log_front(candidates: Sequence[Candidate], ds: PreparedDataset,
     inv = [x.get("test_inv_jsd", math.nan) for x in m]
     front = plots.pareto_front(list(zip(r50, inv, strict=True)))
     plots.plot_decorrelation_front([c.label for c in candidates], r50, [x.get("test_r50_err", 0.0) for x in m],
-                                   inv, [x.get("test_inv_jsd_err", 0.0) for x in m], tmp / Artifact.FRONT_PNG)
+                                   inv, [x.get("test_inv_jsd_err", 0.0) for x in m], tmp / Artifact.FRONT_PNG,
+                                   max_sculpting=max_sculpting)
     members = [candidates[i] for i in front]
     if members:
         plots.plot_mass_after_cut(ds.test.msd, ds.test.label, {c.label: curves[c.label][1] for c in members},
@@ -525,7 +527,7 @@ def evaluate_step(experiment_id: str, dataset_digest: str | None, metric: str = 
             plots.plot_roc(curves, path, baseline="cut" if "cut" in curves else None, n_bootstrap=n_bootstrap,
                            seed=BOOTSTRAP_SEED)
             mlflow.log_artifact(str(path))
-            front = log_front(candidates, ds, curves, Path(tmp))
+            front = log_front(candidates, ds, curves, Path(tmp), max_sculpting)
         mlflow.set_tags({Tag.CHAMPION_RUN_ID: champion.run_id, Tag.CHAMPION_TAGGER: champion.tagger,
                          Tag.CHAMPION_METRIC: metric, Tag.CHAMPION_VALUE: f"{value:.6g}",
                          Tag.CHAMPION_MARGIN_SIGMA: f"{margin:.3g}",

@@ -164,6 +164,28 @@ def mass_sculpting(msd: np.ndarray, y: np.ndarray, score: np.ndarray, signal_eff
     return jensen_shannon(before, after)
 
 
+def sculpting_floor(msd: np.ndarray, y: np.ndarray, score: np.ndarray, n_samples: int, seed: int,
+                    signal_efficiency: float = 0.5, bins: np.ndarray | None = None) -> float:
+    """The mass sculpting a perfectly mass-blind tagger would show with the same number of QCD jets passing.
+
+    JSD is biased upwards by the statistics of the passing QCD jets: k jets drawn at random (no mass dependence
+    at all) from the N_B QCD test jets still give a JSD > 0 that grows as k shrinks. This draws ``n_samples``
+    such random subsets of size k (k = the QCD jets passing the tagger's cut) and returns their mean JSD: a
+    ``test_mass_sculpting`` near this value is as decorrelated as the test set can tell. NaN when none pass.
+    """
+    y, score, _ = _checked(y, score)
+    bins = DEFAULT_MASS_BINS if bins is None else np.asarray(bins, dtype=np.float64)
+    threshold = threshold_at_efficiency(y, score, signal_efficiency)
+    qcd = np.asarray(msd, dtype=np.float64)[y == 0].clip(bins[0], bins[-1])
+    k = int((score[y == 0] >= threshold).sum())
+    if k == 0:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    before, _ = np.histogram(qcd, bins=bins)
+    return float(np.mean([jensen_shannon(before, np.histogram(rng.choice(qcd, k, replace=False), bins=bins)[0])
+                          for _ in range(n_samples)]))
+
+
 def accuracy(y: np.ndarray, score: np.ndarray, threshold: float = 0.5) -> float:
     """Fraction of jets classified correctly when ``score >= threshold`` means W."""
     y, score, _ = _checked(y, score)
@@ -335,7 +357,8 @@ def summary(y: np.ndarray, score: np.ndarray, msd: np.ndarray, prefix: str = "te
             seed: int = 0) -> dict[str, float]:
     """The metrics every tagger run logs, unweighted, keyed ``{prefix}auc``, ``r50``, ``r30``, ``accuracy``,
     ``mass_sculpting``, ``inv_jsd`` (1/sculpting) and ``mass_dcorr`` (distance correlation of score and msd on
-    QCD); with ``n_bootstrap`` > 0 also ``{prefix}{metric}_err`` for BOOTSTRAP_METRICS (see ``bootstrap``)."""
+    QCD); with ``n_bootstrap`` > 0 also ``{prefix}{metric}_err`` for BOOTSTRAP_METRICS (see ``bootstrap``) and
+    ``{prefix}mass_sculpting_floor`` (``sculpting_floor``: the JSD a mass-blind cut would show on this test set)."""
     out = {f"{prefix}auc": roc_auc(y, score)}
     for key, eff in SUMMARY_EFFICIENCIES.items():
         out[f"{prefix}{key}"] = background_rejection(y, score, eff)
@@ -345,4 +368,5 @@ def summary(y: np.ndarray, score: np.ndarray, msd: np.ndarray, prefix: str = "te
     out[f"{prefix}mass_dcorr"] = mass_decorrelation(msd, y, score)
     if n_bootstrap > 0:
         out.update(uncertainties(y, score, msd, n_bootstrap, seed, prefix))
+        out[f"{prefix}mass_sculpting_floor"] = sculpting_floor(msd, y, score, n_bootstrap, seed)
     return out

@@ -301,9 +301,13 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def plot_decorrelation_front(names: Sequence[str], r50: Sequence[float], r50_err: Sequence[float],
                              inv_jsd: Sequence[float], inv_jsd_err: Sequence[float], path: str | os.PathLike[str],
-                             *, cms_text: str = "Simulation") -> Path:
+                             *, max_sculpting: float | None = None, cms_text: str = "Simulation") -> Path:
     """The decorrelation literature's figure: background rejection at 50% signal efficiency against 1/JSD of
-    the QCD mass before and after that cut, one point per candidate with its error bars, Pareto front drawn."""
+    the QCD mass before and after that cut, one point per candidate with its error bars, Pareto front drawn;
+    with ``max_sculpting`` a vertical line at 1/max_sculpting (candidates right of it qualify as decorrelated)."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"]
     if not names:
         raise WtagError("plot_decorrelation_front: no candidates")
     inv = np.asarray(inv_jsd, dtype=np.float64)
@@ -313,7 +317,10 @@ def plot_decorrelation_front(names: Sequence[str], r50: Sequence[float], r50_err
         ax = axes[0, 0]
         for i, name in enumerate(names):
             ax.errorbar(shown[i], r50[i], xerr=inv_jsd_err[i], yerr=r50_err[i], fmt="o" if i in front else "s",
-                        ms=9, capsize=3, label=name + (" (front)" if i in front else ""))
+                        ms=9, capsize=3, color=colors(i % 20), label=name + (" (front)" if i in front else ""))
+        if max_sculpting is not None and max_sculpting > 0:
+            ax.axvline(1.0 / max_sculpting, color="tab:gray", ls=":", lw=2,
+                       label=f"JSD = {max_sculpting:g} (max_sculpting)")
         pts = [(shown[i], r50[i]) for i in front if np.isfinite(shown[i])]
         if len(pts) > 1:
             pts.sort()
