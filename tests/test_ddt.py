@@ -128,8 +128,6 @@ def test_onnx_parity(fitted: DDTTagger, data: dict[str, Split]) -> None:
 def test_mlflow_roundtrip(fitted: DDTTagger, data: dict[str, Split], tracking_uri: str, tmp_path: Path) -> None:
     import mlflow
 
-    from wtag import plots
-
     experiment = mlflow.create_experiment(f"test-ddt-{uuid.uuid4().hex[:12]}")
     inputs = {"hl": data["test"].hl[:20]}
     with mlflow.start_run(experiment_id=experiment):
@@ -141,7 +139,6 @@ def test_mlflow_roundtrip(fitted: DDTTagger, data: dict[str, Split], tracking_ur
     assert loaded.params == fitted.params
     fitted.diagnostic_plots(tmp_path, data["train"])
     assert (tmp_path / "ddt_fit.png").read_bytes()[:4] == b"\x89PNG"
-    assert plots.pareto_front([(10.0, 1.0), (5.0, 20.0), (4.0, 10.0), (12.0, 0.5)]) == [1, 0, 3]
 
 
 def test_too_few_qcd_jets_fail_clearly(data: dict[str, Split]) -> None:

@@ -414,7 +414,8 @@ def compare(experiment_id: str, runs: Sequence[Any], timing: bool = True,
 
 
 def _eval_params(metric: str, digest: str, train_run_id: str | None, candidates: Sequence[str],
-                 max_sculpting: float = DEFAULT_MAX_SCULPTING, n_bootstrap: int = DEFAULT_N_BOOTSTRAP) -> dict[str, str]:
+                 max_sculpting: float = DEFAULT_MAX_SCULPTING,
+                 n_bootstrap: int = DEFAULT_N_BOOTSTRAP) -> dict[str, str]:
     return {"metric": metric, "dataset_digest": digest, "train_run_id": train_run_id or "",
             "candidate_runs": ",".join(sorted(candidates)), "max_sculpting": f"{max_sculpting:g}",
             "n_bootstrap": str(n_bootstrap)}

@@ -37,7 +37,8 @@ def decorrelation_of(run: Any) -> str:
 
 
 def candidate_label(tagger: str, decorrelation: str) -> str:
-    """How tables and plots name a candidate: ``dnn``, or ``dnn-disco3`` for a decorrelated training (also a valid MLflow metric-name prefix)."""
+    """How tables and plots name a candidate: ``dnn``, or ``dnn-disco3`` for a decorrelated training (also a
+    valid MLflow metric-name prefix)."""
     return tagger if decorrelation == schema.DECORRELATION_NONE else f"{tagger}-{decorrelation}"
 
 

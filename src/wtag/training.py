@@ -100,7 +100,8 @@ def parse_disco_lambdas(text: str) -> list[float]:
     try:
         values = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise WtagError(f"disco_lambda '{text}': expected a number or comma-separated numbers (e.g. 0,1,3,10)") from None
+        raise WtagError(f"disco_lambda '{text}': expected a number or comma-separated numbers "
+                        "(e.g. 0,1,3,10)") from None
     if not values or any(not np.isfinite(v) or v < 0 for v in values):
         raise WtagError(f"disco_lambda '{text}': need one or more finite values >= 0")
     return list(dict.fromkeys(values))
