@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 from collections.abc import Sequence
 

@@ -134,12 +134,13 @@ def test_summary_has_exact_names() -> None:
     y, score = _gaussian_tagger(3000, 1.5, seed=8)
     msd = np.random.default_rng(9).uniform(0, 200, len(y))
     out = metrics.summary(y, score, msd)
-    assert set(out) == {"test_auc", "test_r50", "test_r30", "test_accuracy", "test_mass_sculpting"}
+    assert set(out) == {"test_auc", "test_r50", "test_r30", "test_accuracy", "test_mass_sculpting", "test_inv_jsd",
+                        "test_mass_dcorr"}
     assert out["test_auc"] == pytest.approx(roc_auc_score(y, score))
     assert out["test_r30"] > out["test_r50"] > 1.0
     assert all(isinstance(v, float) and np.isfinite(v) for v in out.values())
     assert set(metrics.summary(y, score, msd, prefix="val_")) == {
-        "val_auc", "val_r50", "val_r30", "val_accuracy", "val_mass_sculpting"}
+        "val_auc", "val_r50", "val_r30", "val_accuracy", "val_mass_sculpting", "val_inv_jsd", "val_mass_dcorr"}
 
 
 @pytest.mark.parametrize(("y", "score", "message"), [
@@ -163,3 +164,160 @@ def test_bad_weights_and_masses() -> None:
         metrics.roc_curve(Y, S, -np.ones(8))
     with pytest.raises(WtagError, match="soft-drop masses"):
         metrics.mass_sculpting(np.ones(3), Y, S)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distance correlation
+
+
+def direct_distance_correlation(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
+    """The textbook O(n^2) V-statistic with full n x n matrices (weights normalised to sum to one)."""
+    p = np.ones(len(x)) if w is None else np.asarray(w, dtype=np.float64)
+    p = p / p.sum()
+    a = np.abs(x[:, None] - x[None, :])
+    b = np.abs(y[:, None] - y[None, :])
+
+    def centred(m: np.ndarray) -> np.ndarray:
+        row = m @ p
+        return m - row[:, None] - row[None, :] + p @ row
+
+    big_a, big_b = centred(a), centred(b)
+    ab, aa, bb = p @ (big_a * big_b) @ p, p @ (big_a * big_a) @ p, p @ (big_b * big_b) @ p
+    return float(np.sqrt(ab / np.sqrt(aa * bb)))
+
+
+def test_distance_correlation_matches_the_direct_computation_in_chunks() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=357)
+    y = np.sin(2 * x) + rng.normal(scale=0.5, size=357)
+    w = rng.uniform(0.0, 2.0, size=357)
+    for weight in (None, w):
+        want = direct_distance_correlation(x, y, weight)
+        for chunk in (1, 500, 10_000, 10_000_000):  # one row, several rows, many blocks, one block
+            assert metrics.distance_correlation(x, y, weight, chunk_elements=chunk) == pytest.approx(want, rel=1e-10)
+    # zero-weight jets do not count at all
+    w0 = w.copy()
+    w0[:100] = 0.0
+    assert metrics.distance_correlation(x, y, w0) == pytest.approx(
+        direct_distance_correlation(x[100:], y[100:], w0[100:]), rel=1e-10)
+    # invariant under shifts and positive rescaling of either variable; symmetric
+    assert metrics.distance_correlation(3 * x + 7, 0.1 * y - 2) == pytest.approx(metrics.distance_correlation(x, y))
+    assert metrics.distance_correlation(y, x) == pytest.approx(metrics.distance_correlation(x, y))
+
+
+def test_distance_correlation_known_cases() -> None:
+    rng = np.random.default_rng(6)
+    msd = rng.exponential(60.0, size=3000)
+    independent = rng.uniform(size=3000)
+    assert metrics.distance_correlation(independent, msd) < 0.06
+    assert metrics.distance_correlation(2.0 * msd + 1.0, msd) == pytest.approx(1.0, abs=1e-9)
+    # a deterministic but non-monotone function of the mass: zero linear correlation, large distance correlation
+    peak = np.exp(-0.5 * ((msd - 60.0) / 15.0) ** 2)
+    assert metrics.distance_correlation(peak, msd) > 0.3
+    assert metrics.distance_correlation(np.ones(10), np.arange(10.0)) == 0.0
+    with pytest.raises(WtagError, match="different lengths"):
+        metrics.distance_correlation(np.ones(3), np.ones(4))
+    with pytest.raises(WtagError, match="weights must be finite"):
+        metrics.distance_correlation(np.ones(3), np.ones(3), np.zeros(3))
+
+
+def test_mass_decorrelation_uses_qcd_jets_only() -> None:
+    rng = np.random.default_rng(7)
+    n = 2000
+    y = (np.arange(n) % 2).astype(np.int64)
+    msd = rng.uniform(20, 200, n)
+    score = np.where(y == 1, msd / 200.0, rng.uniform(size=n))  # W scores follow the mass, QCD scores do not
+    assert metrics.mass_decorrelation(msd, y, score) < 0.08
+    score_qcd = np.where(y == 0, msd / 200.0, rng.uniform(size=n))
+    assert metrics.mass_decorrelation(msd, y, score_qcd) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bootstrap uncertainties
+
+
+def test_bootstrap_of_a_perfect_tagger_has_no_spread() -> None:
+    n = 1000
+    y = (np.arange(n) % 2).astype(np.int64)
+    score = y + np.random.default_rng(1).uniform(0, 0.5, n)
+    msd = np.random.default_rng(2).uniform(0, 300, n)
+    out = metrics.summary(y, score, msd, n_bootstrap=200, seed=3)
+    assert out["test_auc"] == 1.0 and out["test_auc_err"] == 0.0
+    # no QCD jet passes: every resample has the capped rejection 2 N_B, so no spread (the value is a lower bound)
+    assert out["test_r50"] == 2 * (n // 2) and out["test_r50_err"] == 0.0
+    assert out["test_r30_err"] == 0.0
+    assert np.isnan(out["test_mass_sculpting"]) and np.isnan(out["test_mass_sculpting_err"])
+
+
+def test_bootstrap_of_a_random_tagger_matches_the_binomial_expectation() -> None:
+    rng = np.random.default_rng(11)
+    n_s = n_b = 2000
+    y = np.r_[np.ones(n_s), np.zeros(n_b)].astype(np.int64)
+    score = rng.uniform(size=n_s + n_b)
+    msd = rng.exponential(60.0, size=n_s + n_b)
+    out = metrics.summary(y, score, msd, n_bootstrap=400, seed=4)
+    # eps_B at eps_S = 0.5 is binomial in the QCD jets, and the threshold (a signal quantile) moves with the W
+    # jets; a random ROC has slope 1, so var(eps_B) = 0.25/N_B + 0.25/N_S and r50 = 1/eps_B = 2 varies by 4x that.
+    sigma_eps_b = np.sqrt(0.25 / n_b + 0.25 / n_s)
+    assert out["test_r50"] == pytest.approx(2.0, rel=0.1)
+    assert out["test_r50_err"] == pytest.approx(4.0 * sigma_eps_b, rel=0.15)
+    # eps_S = 0.3: eps_B = 0.3, var = 0.21/N_B + 0.21/N_S, r30 = 1/eps_B
+    assert out["test_r30_err"] == pytest.approx(np.sqrt(0.21 / n_b + 0.21 / n_s) / 0.3 ** 2, rel=0.15)
+    # AUC = 0.5 of an uninformative score: var = (N_S + N_B + 1) / (12 N_S N_B) (Mann-Whitney)
+    assert out["test_auc_err"] == pytest.approx(np.sqrt((n_s + n_b + 1) / (12 * n_s * n_b)), rel=0.15)
+    assert 0 < out["test_mass_sculpting_err"] < out["test_mass_sculpting"]
+    assert out["test_inv_jsd"] == pytest.approx(1.0 / out["test_mass_sculpting"])
+    assert out["test_inv_jsd_err"] > 0
+
+
+def test_bootstrap_is_seeded_and_paired() -> None:
+    y, score = _gaussian_tagger(3000, 1.0)
+    msd = np.random.default_rng(3).exponential(60.0, len(y))
+    first = metrics.uncertainties(y, score, msd, 50, seed=9)
+    assert metrics.uncertainties(y, score, msd, 50, seed=9) == first
+    assert metrics.uncertainties(y, score, msd, 50, seed=10) != first
+    assert set(first) == {f"test_{m}_err" for m in metrics.BOOTSTRAP_METRICS}
+    # the resampled metrics of a tagger equal its own point metrics computed on the same resample
+    samples = metrics.bootstrap(y, msd, {"a": score, "b": 1.0 - score}, 20, seed=9)
+    np.testing.assert_allclose(samples["a"]["auc"] + samples["b"]["auc"], 1.0)  # paired: the same jets
+
+
+def test_summary_without_bootstrap_and_point_metrics_agree() -> None:
+    y, score = _gaussian_tagger(3000, 1.2)
+    msd = np.random.default_rng(4).exponential(60.0, len(y))
+    out = metrics.summary(y, score, msd)
+    assert not any(k.endswith("_err") for k in out)
+    point = metrics._point_metrics(y, score, msd, None, int((y == 0).sum()))
+    for key in ("auc", "r50", "r30", "mass_sculpting", "inv_jsd"):
+        assert point[key] == pytest.approx(out[f"test_{key}"], rel=1e-12), key
+    assert 0 < out["test_mass_dcorr"] < 1
+
+
+def test_rejection_band_brackets_the_measurement() -> None:
+    y, score = _gaussian_tagger(4000, 0.5)
+    grid = np.array([0.3, 0.5, 0.7])
+    lo, hi = metrics.rejection_band(y, score, grid, 200, seed=1)
+    for eff, low, high in zip(grid, lo, hi, strict=True):
+        value = metrics.background_rejection(y, score, eff)
+        assert low < value < high
+        assert (high - low) / value < 0.5
+
+
+def test_sculpting_floor_is_what_a_mass_blind_cut_shows() -> None:
+    rng = np.random.default_rng(12)
+    n = 4000
+    y = (np.arange(n) % 2).astype(np.int64)
+    msd = rng.exponential(50.0, n)
+    # mass-blind: QCD scores independent of the mass; the measured JSD is pure statistics, near the floor
+    blind = np.where(y == 1, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 1.0, n) ** 3)
+    floor = metrics.sculpting_floor(msd, y, blind, 100, seed=1)
+    assert 0 < floor < 0.1
+    assert metrics.mass_sculpting(msd, y, blind) == pytest.approx(floor, abs=4 * floor)
+    # a mass cut with a similar number of QCD jets passing sculpts far above the floor
+    massive = np.where(y == 1, rng.uniform(0.5, 1.0, n), np.where(np.abs(msd - 80) < 10, 0.9, 0.1))
+    assert metrics.mass_sculpting(msd, y, massive) > 5 * metrics.sculpting_floor(msd, y, massive, 100, seed=1)
+    # fewer jets passing: a higher floor
+    tight = np.where(y == 1, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 1.0, n) ** 10)
+    assert metrics.sculpting_floor(msd, y, tight, 100, seed=1) > floor
+    out = metrics.summary(y, blind, msd, n_bootstrap=20, seed=1)
+    assert out["test_mass_sculpting_floor"] == pytest.approx(metrics.sculpting_floor(msd, y, blind, 20, seed=1))

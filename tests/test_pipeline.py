@@ -32,10 +32,15 @@ def main_twice(trained_all):
 
 @pytest.mark.slow
 def test_main_reuses_finished_steps(main_twice):
-    _, _, before, after_first, after_second = main_twice
-    # the first main reuses prepare and train from the earlier `train` run, and adds evaluate + export
+    uri, experiment, before, after_first, after_second = main_twice
+    # the first main reuses prepare and train from the earlier `train` run, and adds evaluate + export (a second
+    # export when a different candidate than the champion qualifies as `decorrelated`)
     assert {k: after_first[k] for k in before} == before
-    assert after_first["evaluate"] == 1 and after_first["export"] == 1
+    main = _runs(MlflowClient(uri), experiment, "main")[-1]  # the first main run (search is newest first)
+    tags = main.data.tags
+    second_export = bool(tags.get("wtag.step.decorrelated")) and tags["wtag.step.decorrelated"] != tags[
+        "wtag.step.champion"]
+    assert after_first["evaluate"] == 1 and after_first["export"] == 1 + second_export
     # the second reuses every step: no new runs but its own main run
     assert after_second == after_first
 
@@ -62,3 +67,27 @@ def test_champion_alias_serves_an_onnx_model_equal_to_the_native_one(main_twice)
     tolerance = 1e-4
     frac = np.mean(np.abs(scores - logged["score"]) > tolerance)
     assert frac < (0.01 if tagger == "bdt" else 1e-9), (tagger, frac)
+
+
+@pytest.mark.slow
+def test_main_run_shows_the_champion_and_the_decorrelated_choice(main_twice):
+    uri, experiment, *_ = main_twice
+    client = MlflowClient(uri)
+    main = _runs(client, experiment, "main")[0]
+    champion = client.get_run(main.data.tags["wtag.step.champion"])
+    assert main.data.tags["wtag.best_run_id"] == champion.info.run_id
+    for key in ("test_auc", "test_r50", "test_r50_err", "test_mass_sculpting", "test_inv_jsd"):
+        if np.isfinite(champion.data.metrics.get(key, np.nan)):  # NaN (no QCD jet passes) is not copied
+            assert main.data.metrics[key] == champion.data.metrics[key], key
+    assert "test_r50_err" in main.data.metrics
+    assert {i.dataset.name for i in main.inputs.dataset_inputs} >= {"wtag-pythia-train", "wtag-pythia-test"}
+    assert main.data.params["max_sculpting"] == "0.05"
+    evaluation = client.get_run(main.data.tags["wtag.step.evaluate"])
+    chosen = evaluation.data.tags.get("wtag.decorrelated_run_id")
+    if chosen:  # a candidate sculpted little enough: main registered it under the second alias
+        assert main.data.tags["wtag.step.decorrelated"] == chosen
+        version = client.get_model_version_by_alias("wtag", "decorrelated")
+        assert version.version == main.data.tags["wtag.step.decorrelated_model_version"]
+        assert client.get_run(chosen).data.metrics["test_mass_sculpting"] <= 0.05
+    else:
+        assert "wtag.step.decorrelated" not in main.data.tags

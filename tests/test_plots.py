@@ -187,3 +187,40 @@ def test_mass_sculpting_shows_the_qcd_jets_that_pass_the_cut(tagged: tuple[np.nd
     jsd = metrics.mass_sculpting(msd, y, score, 0.5, bins)
     assert ax.get_legend().get_title().get_text() == f"bdt: JSD = {jsd:.3f}"
     assert jsd > 0.01  # the cut keeps more QCD jets near 80 GeV: the shape changed
+
+
+def test_pareto_front() -> None:
+    # (r50, 1/JSD), both larger-is-better
+    points = [(10.0, 1.0), (5.0, 20.0), (4.0, 10.0), (12.0, 0.5), (3.0, float("inf")), (float("nan"), 99.0)]
+    assert plots.pareto_front(points) == [4, 1, 0, 3]  # (4, 10) is dominated by (5, 20); NaN r50 never counts
+    assert plots.pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]  # equal points do not dominate each other
+    assert plots.pareto_front([]) == []
+
+
+def test_decorrelation_front_and_mass_plots(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    y = (np.arange(N) % 2).astype(np.int64)
+    msd = rng.exponential(50.0, N)
+    scores = {"a": rng.uniform(size=N) + y, "b": rng.uniform(size=N) + 0.3 * y}
+    path = tmp_path / "front.png"
+    _check_png(path, plots.plot_decorrelation_front(["a", "b", "c"], [30.0, 8.0, 2.0], [3.0, 1.0, 0.1],
+                                                    [1.5, 14.0, float("inf")], [0.1, 3.0, 0.0], path,
+                                                    max_sculpting=0.05))
+    path = tmp_path / "mass.png"
+    _check_png(path, plots.plot_mass_after_cut(msd, y, scores, path))
+    assert not plt.get_fignums()
+    with pytest.raises(WtagError, match="no candidates"):
+        plots.plot_decorrelation_front([], [], [], [], [], tmp_path / "x.png")
+    with pytest.raises(WtagError, match="no taggers"):
+        plots.plot_mass_after_cut(msd, y, {}, tmp_path / "y.png")
+
+
+def test_roc_band(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    y = (np.arange(N) % 2).astype(np.int64)
+    score = rng.normal(size=N) + y
+    path = tmp_path / "roc_band.png"
+    _check_png(path, plots.plot_roc({"a": (y, score)}, path, baseline=None, n_bootstrap=30, seed=1))
+    plain = tmp_path / "roc_plain.png"
+    plots.plot_roc({"a": (y, score)}, plain, baseline=None)
+    assert path.read_bytes() != plain.read_bytes()  # the band is drawn

@@ -53,7 +53,9 @@ def test_mlflow_run_train_logs_parent_and_nested_runs(trained_all):
         assert 0.0 <= child.data.metrics["test_auc"] <= 1.0
         assert child.info.run_name.startswith(f"{name}-pythia-")
         assert child.data.tags["mlflow.note.content"]
-        if name not in ("cut",):
+        assert {f"{k}_err" for k in ("test_auc", "test_r50", "test_r30")} <= set(child.data.metrics), name
+        assert child.data.tags["wtag.decorrelation"] == "none"
+        if name not in ("cut", "ddt"):  # the cut-based taggers have no epochs
             for key in ("loss", "val_loss", "val_auc"):
                 assert client.get_metric_history(child.info.run_id, key), (name, key)
         plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
@@ -87,3 +89,57 @@ def test_logged_model_loads_and_scores(trained_all, tagger):
     assert scores.shape == (len(ds.test),)
     assert np.all((scores >= 0) & (scores <= 1))
     np.testing.assert_allclose(scores, logged["score"], atol=1e-5)
+
+
+def test_disco_scan_plan_and_parsing():
+    from wtag.taggers import TrainConfig
+    from wtag.training import parse_disco_lambdas, scan_text, training_plan
+
+    assert parse_disco_lambdas("0,1, 3,10,3") == [0.0, 1.0, 3.0, 10.0]
+    for bad in ("", "a,1", "-1", "1,nan"):
+        with pytest.raises(WtagError, match="disco_lambda"):
+            parse_disco_lambdas(bad)
+    plan = training_plan(["cut", "dnn", "ddt", "pfn"], TrainConfig(), [0.0, 3.0])
+    assert [(n, c.disco_lambda) for n, c in plan] == [("cut", 0.0), ("dnn", 0.0), ("dnn", 3.0), ("ddt", 0.0),
+                                                      ("pfn", 0.0), ("pfn", 3.0)]
+    assert [c.decorrelation for _, c in plan] == ["none", "none", "disco3", "none", "none", "disco3"]
+    assert scan_text(TrainConfig(), [0.0, 3.0]) == "0,3" and scan_text(TrainConfig(disco_lambda=2.5)) == "2.5"
+
+
+@pytest.mark.slow
+def test_train_scan_logs_one_candidate_per_setting_with_errors(tracking_server, tmp_path):
+    """In-process train(): cut, ddt and dnn with disco_lambda 0 and 2 on the synthetic dataset."""
+    from test_onnx_export import log_prepare_run, new_experiment, synthetic_dataset
+
+    from wtag.taggers import TrainConfig
+    from wtag.training import train
+
+    mlflow.set_tracking_uri(tracking_server)
+    experiment_id = new_experiment("train-scan")
+    ds = synthetic_dataset(tmp_path / "ds", seed=5)
+    log_prepare_run(ds)
+    parent_id = train(ds, "cut,ddt,dnn", TrainConfig(epochs=1, batch_size=64, n_bootstrap=30), disco_lambdas=[0, 2])
+    client = MlflowClient(tracking_server)
+    parent = client.get_run(parent_id)
+    assert parent.data.params["disco_lambda"] == "0,2" and parent.data.params["n_bootstrap"] == "30"
+    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    settings = sorted((c.data.tags["wtag.tagger"], c.data.tags["wtag.decorrelation"]) for c in children)
+    assert settings == [("cut", "none"), ("ddt", "none"), ("dnn", "disco2"), ("dnn", "none")]
+    for child in children:
+        m = child.data.metrics
+        for key in ("test_auc", "test_r50", "test_r30", "test_mass_sculpting", "test_inv_jsd"):
+            assert key in m and f"{key}_err" in m, (child.info.run_name, key)
+        assert "test_mass_dcorr" in m
+        name, setting = child.data.tags["wtag.tagger"], child.data.tags["wtag.decorrelation"]
+        assert child.info.run_name.startswith(name if setting == "none" else f"{name}-{setting}-")
+        assert child.data.params["disco_lambda"] == ("2.0" if setting == "disco2" else "0.0")
+        if name == "ddt":
+            assert {"ddt_slope", "ddt_slope_err", "ddt_intercept"} <= set(m)
+            assert "plots/ddt_fit.png" in {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+    # the parent shows the best candidate's test metrics with errors, and the dataset
+    best = client.get_run(parent.data.tags["wtag.best_run_id"])
+    assert parent.data.metrics["test_r50"] == best.data.metrics["test_r50"]
+    assert parent.data.metrics["test_r50_err"] == best.data.metrics["test_r50_err"]
+    assert {i.dataset.name for i in parent.inputs.dataset_inputs} == {"wtag-pythia-train", "wtag-pythia-test"}
+    results = mlflow.artifacts.load_text(f"runs:/{parent_id}/results.md")
+    assert "| dnn-disco2 |" in results and " +- " in results

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from wtag import schema
 from wtag.errors import exit_status
-from wtag.evaluation import CHAMPION_METRICS, DEFAULT_METRIC
+from wtag.evaluation import CHAMPION_METRICS, DEFAULT_MAX_SCULPTING, DEFAULT_METRIC
 from wtag.inference import DEVICES
 from wtag.prepare import DEFAULT_DATA_DIR, SOURCES, PrepareConfig
 from wtag.scoring import ScoreConfig
@@ -126,6 +126,20 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument("--patience", type=_positive_int, default=d.patience)
     p.add_argument("--train-seed", type=_int, default=d.seed, help="seed of weight initialisation and shuffling")
+    p.add_argument("--disco-lambda", default=f"{d.disco_lambda:g}",
+                   help="DisCo mass-decorrelation strength for the Keras taggers (0 = off); a comma-separated "
+                        "list (e.g. 0,1,3,10) trains one run per value")
+    _add_bootstrap_arg(p)
+
+
+def _add_bootstrap_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-bootstrap", type=_positive_int, default=TrainConfig.n_bootstrap,
+                   help="bootstrap resamples for the errors of the test metrics")
+
+
+def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-sculpting", type=float, default=DEFAULT_MAX_SCULPTING,
+                   help="largest test_mass_sculpting of the 'decorrelated' candidate")
 
 
 def _add_metric_arg(p: argparse.ArgumentParser) -> None:
@@ -141,8 +155,20 @@ def _prepare_config(args: argparse.Namespace) -> PrepareConfig:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from wtag.training import parse_disco_lambdas
+
+    optional = {"n_bootstrap": args.n_bootstrap, "disco_lambda": parse_disco_lambdas(args.disco_lambda)[0]}
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       patience=args.patience, seed=args.train_seed)
+                       patience=args.patience, seed=args.train_seed,
+                       **{k: v for k, v in optional.items() if v is not None})
+
+
+def _disco_lambdas(args: argparse.Namespace) -> list[float] | None:
+    """The DisCo scan of ``--disco-lambda``; None for a single value, which _train_config carries."""
+    from wtag.training import parse_disco_lambdas
+
+    values = parse_disco_lambdas(args.disco_lambda)
+    return values if len(values) > 1 else None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -195,7 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     experiment_id = configure(tracking_uri_from_env(), args.experiment)
     run_id = train_step(config, args.data_dir, experiment_id, args.model, train_config,
                         workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id),
-                        scheduler=args.scheduler)
+                        scheduler=args.scheduler, disco_lambdas=_disco_lambdas(args))
     print(f"training run {run_id}")
     return 0
 
@@ -206,7 +232,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     experiment_id = configure(tracking_uri_from_env(), args.experiment)
     eval_run, champion = evaluate_step(experiment_id, args.dataset_digest or None, args.metric,
-                                       run_id=_adopt_mlflow_run(experiment_id))
+                                       run_id=_adopt_mlflow_run(experiment_id), max_sculpting=args.max_sculpting,
+                                       n_bootstrap=args.n_bootstrap)
     print(f"evaluation run {eval_run}; champion run {champion}")
     return 0
 
@@ -229,7 +256,8 @@ def cmd_main(args: argparse.Namespace) -> int:
     experiment_id = configure(tracking_uri_from_env(), args.experiment)
     steps = main_pipeline(_prepare_config(args), args.data_dir, experiment_id, args.model, _train_config(args),
                           args.metric, workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id),
-                          scheduler=args.scheduler)
+                          scheduler=args.scheduler, max_sculpting=args.max_sculpting,
+                          disco_lambdas=_disco_lambdas(args))
     print(" ".join(f"{k}={v}" for k, v in steps.items()))
     return 0
 
@@ -320,18 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_arg(p)
     _add_metric_arg(p)
     p.add_argument("--dataset-digest", default="", help="default: the newest tagger run's dataset")
+    _add_evaluate_args(p)
+    _add_bootstrap_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a tagger run to ONNX, check parity, register, move the alias")
     _add_experiment_arg(p)
     p.add_argument("--run-id", default="", help="tagger run to export (default: the newest evaluation's champion)")
-    p.add_argument("--alias", default=schema.CHAMPION_ALIAS)
+    p.add_argument("--alias", default=schema.CHAMPION_ALIAS,
+                   help="registry alias to move; 'decorrelated' without --run-id exports the newest evaluation's "
+                        "decorrelated choice")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("main", help="prepare -> train -> evaluate -> export, reusing finished steps")
     _add_prepare_args(p)
     _add_train_args(p)
     _add_metric_arg(p)
+    _add_evaluate_args(p)
     p.set_defaults(func=cmd_main)
 
     p = sub.add_parser("tracking-server", help="start/stop the local MLflow tracking server")

@@ -5,10 +5,17 @@ selected jets, so every jet counts once and the numbers mean what a physicist ex
 kept, the fraction of QCD jets rejected). Training weights flatten pT for learning only. The functions still
 accept per-jet weights where a caller needs them.
 
+Statistical uncertainties (``_err``) come from a seeded, stratified bootstrap over the test jets (see
+``bootstrap``): half the central 68% interval (a robust standard deviation, see ``spread``) of each metric over
+resamples of the W and the QCD test jets.
+
 Conventions: a jet is tagged when ``score >= threshold``; ``eps_s`` / ``eps_b`` are the signal / background
 efficiencies; the background rejection is ``1 / eps_b``.
 """
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import numpy as np
 from sklearn import metrics as skm
@@ -131,7 +138,7 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def mass_sculpting(msd: np.ndarray, y: np.ndarray, score: np.ndarray, signal_efficiency: float = 0.5,
-                   bins: np.ndarray | None = None) -> float:
+                   bins: np.ndarray | None = None, weight: np.ndarray | None = None) -> float:
     """How much the cut keeping ``signal_efficiency`` of W jets reshapes the QCD soft-drop mass spectrum.
 
     The Jensen-Shannon divergence (base 2: 0 = same shape, 1 = disjoint) between the normalised QCD msd
@@ -139,19 +146,44 @@ def mass_sculpting(msd: np.ndarray, y: np.ndarray, score: np.ndarray, signal_eff
     which fakes a signal in a bump hunt; a low value means the background shape survives the cut. Jets outside
     the binning go into the first / last bin. NaN when no QCD jet passes the cut (no shape to compare).
     """
-    y, score, _ = _checked(y, score)
+    y, score, weight = _checked(y, score, weight)
     msd = np.asarray(msd, dtype=np.float64)
     if msd.shape != y.shape:
         raise WtagError(f"soft-drop masses ({msd.shape}) and labels ({y.shape}) have different shapes")
     bins = DEFAULT_MASS_BINS if bins is None else np.asarray(bins, dtype=np.float64)
-    threshold = threshold_at_efficiency(y, score, signal_efficiency)
+    threshold = threshold_at_efficiency(y, score, signal_efficiency, weight)
     qcd = msd[y == 0].clip(bins[0], bins[-1])
+    qcd_weight = None if weight is None else weight[y == 0]
     passed = score[y == 0] >= threshold
+    if qcd_weight is not None:
+        passed &= qcd_weight > 0
     if not passed.any():
         return float("nan")
-    before, _ = np.histogram(qcd, bins=bins)
-    after, _ = np.histogram(qcd[passed], bins=bins)
+    before, _ = np.histogram(qcd, bins=bins, weights=qcd_weight)
+    after, _ = np.histogram(qcd[passed], bins=bins, weights=None if qcd_weight is None else qcd_weight[passed])
     return jensen_shannon(before, after)
+
+
+def sculpting_floor(msd: np.ndarray, y: np.ndarray, score: np.ndarray, n_samples: int, seed: int,
+                    signal_efficiency: float = 0.5, bins: np.ndarray | None = None) -> float:
+    """The mass sculpting a perfectly mass-blind tagger would show with the same number of QCD jets passing.
+
+    JSD is biased upwards by the statistics of the passing QCD jets: k jets drawn at random (no mass dependence
+    at all) from the N_B QCD test jets still give a JSD > 0 that grows as k shrinks. This draws ``n_samples``
+    such random subsets of size k (k = the QCD jets passing the tagger's cut) and returns their mean JSD: a
+    ``test_mass_sculpting`` near this value is as decorrelated as the test set can tell. NaN when none pass.
+    """
+    y, score, _ = _checked(y, score)
+    bins = DEFAULT_MASS_BINS if bins is None else np.asarray(bins, dtype=np.float64)
+    threshold = threshold_at_efficiency(y, score, signal_efficiency)
+    qcd = np.asarray(msd, dtype=np.float64)[y == 0].clip(bins[0], bins[-1])
+    k = int((score[y == 0] >= threshold).sum())
+    if k == 0:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    before, _ = np.histogram(qcd, bins=bins)
+    return float(np.mean([jensen_shannon(before, np.histogram(rng.choice(qcd, k, replace=False), bins=bins)[0])
+                          for _ in range(n_samples)]))
 
 
 def accuracy(y: np.ndarray, score: np.ndarray, threshold: float = 0.5) -> float:
@@ -160,12 +192,181 @@ def accuracy(y: np.ndarray, score: np.ndarray, threshold: float = 0.5) -> float:
     return float(np.mean((score >= threshold).astype(np.int64) == y))
 
 
-def summary(y: np.ndarray, score: np.ndarray, msd: np.ndarray, prefix: str = "test_") -> dict[str, float]:
+def inverse(value: float) -> float:
+    """1/value, +inf for 0 and NaN for NaN (1/JSD: larger means less sculpting)."""
+    if math.isnan(value):
+        return math.nan
+    return math.inf if value == 0 else 1.0 / value
+
+
+def distance_correlation(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None,
+                         chunk_elements: int = 4_000_000) -> float:
+    """Distance correlation (Szekely, Rizzo & Bakirov 2007) of two 1-D samples, optionally weighted, in [0, 1].
+
+    0 for independent variables (in the large-sample limit), 1 for a linear relation, and above 0 for ANY
+    dependence (not only linear): the decorrelation literature's measure of how much a score knows about the
+    mass. With weights normalised to ``p_i = w_i / sum(w)``::
+
+        a_ij = |x_i - x_j|,   a_i. = sum_j p_j a_ij,   a.. = sum_i p_i a_i.,   A_ij = a_ij - a_i. - a_.j + a..
+        dCov^2(x, y) = sum_ij p_i p_j A_ij B_ij,   dCor^2 = dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y))
+
+    (the V-statistic, as DisCo's loss uses it); returns dCor = sqrt(dCor^2). Exact and O(n^2) in time, but
+    the n x n matrices are never held: two passes over row blocks of ``chunk_elements / n`` rows keep the
+    memory at O(chunk_elements) whatever n.
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    n = len(x)
+    if len(y) != n:
+        raise WtagError(f"distance correlation: samples have different lengths ({n} and {len(y)})")
+    p = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64).reshape(-1)
+    if len(p) != n or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
+        raise WtagError("distance correlation: weights must be finite, non-negative, not all zero and one per value")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise WtagError("distance correlation: samples contain non-finite values")
+    keep = p > 0
+    x, y, p = x[keep], y[keep], p[keep] / p[keep].sum()
+    n = len(x)
+    rows = max(1, chunk_elements // max(n, 1))
+    blocks = [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+    a_row, b_row = np.empty(n), np.empty(n)
+    for b in blocks:
+        a_row[b] = np.abs(x[b, None] - x[None, :]) @ p
+        b_row[b] = np.abs(y[b, None] - y[None, :]) @ p
+    a_all, b_all = float(p @ a_row), float(p @ b_row)
+    s_ab = s_aa = s_bb = 0.0
+    for b in blocks:
+        a = np.abs(x[b, None] - x[None, :]) - a_row[b, None] - a_row[None, :] + a_all
+        c = np.abs(y[b, None] - y[None, :]) - b_row[b, None] - b_row[None, :] + b_all
+        s_ab += float(p[b] @ (a * c) @ p)
+        s_aa += float(p[b] @ (a * a) @ p)
+        s_bb += float(p[b] @ (c * c) @ p)
+    if s_aa <= 0 or s_bb <= 0:
+        return 0.0  # a constant sample: nothing to correlate
+    return math.sqrt(min(max(s_ab / math.sqrt(s_aa * s_bb), 0.0), 1.0))
+
+
+def mass_decorrelation(msd: np.ndarray, y: np.ndarray, score: np.ndarray) -> float:
+    """Distance correlation between the score and the soft-drop mass of the QCD jets (0: the score knows nothing
+    of the QCD mass)."""
+    y, score, _ = _checked(y, score)
+    msd = np.asarray(msd, dtype=np.float64)
+    if msd.shape != y.shape:
+        raise WtagError(f"soft-drop masses ({msd.shape}) and labels ({y.shape}) have different shapes")
+    return distance_correlation(score[y == 0], msd[y == 0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistical uncertainties: a seeded, stratified bootstrap over the test jets
+
+BOOTSTRAP_METRICS = ("auc", "r50", "r30", "mass_sculpting", "inv_jsd")
+"""The test metrics that get an ``_err`` from the bootstrap (``{prefix}{name}_err``)."""
+
+
+def _point_metrics(y: np.ndarray, score: np.ndarray, msd: np.ndarray, weight: np.ndarray | None,
+                   n_bkg: int) -> dict[str, float]:
+    """AUC, r50, r30, sculpting and 1/JSD of one (possibly resampled) test set from one ROC computation."""
+    eps_b, eps_s, _ = skm.roc_curve(y, score, sample_weight=weight, drop_intermediate=False)
+    out = {"auc": float(skm.auc(eps_b, eps_s))}
+    unique_s, first = np.unique(eps_s, return_index=True)
+    for key, eff in SUMMARY_EFFICIENCIES.items():
+        out[key] = 1.0 / max(float(np.interp(eff, unique_s, eps_b[first])), 0.5 / n_bkg)
+    out["mass_sculpting"] = mass_sculpting(msd, y, score, weight=weight)
+    out["inv_jsd"] = inverse(out["mass_sculpting"])
+    return out
+
+
+def bootstrap(y: np.ndarray, msd: np.ndarray, scores: Mapping[str, np.ndarray], n_bootstrap: int,
+              seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """Each tagger's metrics (BOOTSTRAP_METRICS) on ``n_bootstrap`` resamples of the test jets: name -> metric ->
+    array (n_bootstrap,).
+
+    Method: a resample draws N_S W jets from the N_S W jets and N_B QCD jets from the N_B QCD jets, with
+    replacement (stratified, so every resample has the test set's class counts, as a fixed test sample does;
+    the spread is then the binomial one of the efficiencies). It is represented by integer multiplicities used
+    as weights, which is exactly equivalent to copying the jets. All taggers see the SAME resamples (scores of
+    one test set, same jet order), so differences between taggers can be bootstrapped pairwise. A resample in
+    which no QCD jet passes the cut gets the same capped rejection 2 N_B as ``background_rejection`` (never
+    infinite), so a capped test_r50 has an error that describes the cap, and the value is a lower bound. A
+    resample where no QCD jet passes has no mass shape (sculpting NaN), and one whose shape is untouched has
+    1/JSD = +inf: such values are left out of the spread (``spread`` ignores non-finite values).
+    """
+    y = np.asarray(y).astype(np.int64)
+    msd = np.asarray(msd, dtype=np.float64)
+    if n_bootstrap < 1:
+        raise WtagError(f"n_bootstrap={n_bootstrap}: need at least one resample")
+    for name, score in scores.items():
+        _checked(y, score)
+        if len(score) != len(y) or len(msd) != len(y):
+            raise WtagError(f"bootstrap: scores of '{name}', labels and masses differ in length")
+    rng = np.random.default_rng(seed)
+    sig, bkg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    out = {name: {m: np.empty(n_bootstrap) for m in BOOTSTRAP_METRICS} for name in scores}
+    for i in range(n_bootstrap):
+        counts = np.zeros(len(y))
+        counts[sig] = rng.multinomial(len(sig), np.full(len(sig), 1.0 / len(sig)))
+        counts[bkg] = rng.multinomial(len(bkg), np.full(len(bkg), 1.0 / len(bkg)))
+        for name, score in scores.items():
+            for m, value in _point_metrics(y, np.asarray(score, dtype=np.float64), msd, counts, len(bkg)).items():
+                out[name][m][i] = value
+    return out
+
+
+def spread(values: np.ndarray) -> float:
+    """Half the width of the central 68% interval (16th to 84th percentile) of the finite resampled values; NaN
+    with fewer than two of them.
+
+    For a normal distribution this is the standard deviation; unlike the standard deviation it is not inflated
+    by the long upper tail of a rejection 1/eps_B when few QCD jets pass (a resample with 2 instead of 6 passing
+    jets triples r50), so it stays the "+-1 sigma" a reader expects.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if len(finite) < 2:
+        return math.nan
+    low, high = np.quantile(finite, (0.15865525393145707, 0.8413447460685429))
+    return float(0.5 * (high - low))
+
+
+def uncertainties(y: np.ndarray, score: np.ndarray, msd: np.ndarray, n_bootstrap: int, seed: int,
+                  prefix: str = "test_") -> dict[str, float]:
+    """``{prefix}{metric}_err`` for every BOOTSTRAP_METRICS entry: the bootstrap spread (``spread``)."""
+    samples = bootstrap(y, msd, {"tagger": score}, n_bootstrap, seed)["tagger"]
+    return {f"{prefix}{m}_err": spread(samples[m]) for m in BOOTSTRAP_METRICS}
+
+
+def rejection_band(y: np.ndarray, score: np.ndarray, signal_efficiencies: np.ndarray, n_bootstrap: int, seed: int,
+                   quantiles: tuple[float, float] = (0.16, 0.84)) -> tuple[np.ndarray, np.ndarray]:
+    """Central 68% band of 1/eps_B at each signal efficiency over the same stratified bootstrap resamples."""
+    y, score, _ = _checked(y, score)
+    rng = np.random.default_rng(seed)
+    sig, bkg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    grid = np.asarray(signal_efficiencies, dtype=np.float64)
+    rejections = np.empty((n_bootstrap, len(grid)))
+    for i in range(n_bootstrap):
+        counts = np.zeros(len(y))
+        counts[sig] = rng.multinomial(len(sig), np.full(len(sig), 1.0 / len(sig)))
+        counts[bkg] = rng.multinomial(len(bkg), np.full(len(bkg), 1.0 / len(bkg)))
+        eps_b, eps_s, _ = skm.roc_curve(y, score, sample_weight=counts, drop_intermediate=False)
+        unique_s, first = np.unique(eps_s, return_index=True)
+        rejections[i] = 1.0 / np.maximum(np.interp(grid, unique_s, eps_b[first]), 0.5 / len(bkg))
+    return np.quantile(rejections, quantiles[0], axis=0), np.quantile(rejections, quantiles[1], axis=0)
+
+
+def summary(y: np.ndarray, score: np.ndarray, msd: np.ndarray, prefix: str = "test_", *, n_bootstrap: int = 0,
+            seed: int = 0) -> dict[str, float]:
     """The metrics every tagger run logs, unweighted, keyed ``{prefix}auc``, ``r50``, ``r30``, ``accuracy``,
-    ``mass_sculpting``."""
+    ``mass_sculpting``, ``inv_jsd`` (1/sculpting) and ``mass_dcorr`` (distance correlation of score and msd on
+    QCD); with ``n_bootstrap`` > 0 also ``{prefix}{metric}_err`` for BOOTSTRAP_METRICS (see ``bootstrap``) and
+    ``{prefix}mass_sculpting_floor`` (``sculpting_floor``: the JSD a mass-blind cut would show on this test set)."""
     out = {f"{prefix}auc": roc_auc(y, score)}
     for key, eff in SUMMARY_EFFICIENCIES.items():
         out[f"{prefix}{key}"] = background_rejection(y, score, eff)
     out[f"{prefix}accuracy"] = accuracy(y, score)
     out[f"{prefix}mass_sculpting"] = mass_sculpting(msd, y, score)
+    out[f"{prefix}inv_jsd"] = inverse(out[f"{prefix}mass_sculpting"])
+    out[f"{prefix}mass_dcorr"] = mass_decorrelation(msd, y, score)
+    if n_bootstrap > 0:
+        out.update(uncertainties(y, score, msd, n_bootstrap, seed, prefix))
+        out[f"{prefix}mass_sculpting_floor"] = sculpting_floor(msd, y, score, n_bootstrap, seed)
     return out

@@ -23,8 +23,14 @@ import numpy as np
 from wtag import schema
 from wtag.errors import WtagError
 from wtag.registry import existing_version, move_alias, register_export
-from wtag.runs import champion_of_newest_evaluation, find_dataset, load_tagger, tagger_run
-from wtag.schema import CHAMPION_ALIAS, REGISTERED_MODEL, Artifact, EntryPoint, Meta, Tag
+from wtag.runs import (
+    champion_of_newest_evaluation,
+    decorrelated_of_newest_evaluation,
+    find_dataset,
+    load_tagger,
+    tagger_run,
+)
+from wtag.schema import CHAMPION_ALIAS, DECORRELATED_ALIAS, REGISTERED_MODEL, Artifact, EntryPoint, Meta, Tag
 
 # Parity thresholds on the whole test set, ONNX Runtime (CPU) vs the native model.
 NN_MAX_ABS_DIFF = 1e-4  # neural networks: every jet
@@ -314,7 +320,8 @@ def _note_reuse(export_run_id: str, previous_run: str, version: str) -> None:
 def export_step(experiment_id: str, run_id: str | None = None, register: bool = True,
                 alias: str = CHAMPION_ALIAS, export_run_id: str | None = None,
                 model_name: str = REGISTERED_MODEL) -> tuple[str, str]:
-    """Export a tagger run (default: the newest evaluation's champion); return (export run id, model version).
+    """Export a tagger run (default: the newest evaluation's champion, or with ``alias`` = ``decorrelated`` its
+    decorrelated choice); return (export run id, model version).
 
     Exporting a run that already has a registered version only re-points the alias; a FINISHED export run
     with the same parameters and code commit is reused (registered if it was not). The version is "" when
@@ -322,7 +329,9 @@ def export_step(experiment_id: str, run_id: str | None = None, register: bool = 
     """
     from wtag.tracking import find_finished_run
 
-    run_id = run_id or champion_of_newest_evaluation(experiment_id)
+    if not run_id:  # alias "decorrelated": the evaluation's best candidate with small mass sculpting
+        run_id = (decorrelated_of_newest_evaluation(experiment_id) if alias == DECORRELATED_ALIAS
+                  else champion_of_newest_evaluation(experiment_id))
     source = tagger_run(run_id)
     params = {"source_run_id": run_id, "tagger": source.data.tags[Tag.TAGGER],
               "dataset_digest": source.data.params.get("dataset_digest", "")}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from wtag import plots, schema
 from wtag.dataset import SPLITS, PreparedDataset, load_prepared
 from wtag.prepare import PrepareConfig, prepare, prepared_key
-from wtag.runs import log_dataset_input
+from wtag.runs import candidate_label, decorrelation_of, find_dataset, log_dataset_input
 from wtag.schema import Artifact, EntryPoint, Tag
 from wtag.taggers import TrainConfig
 from wtag.tracking import find_finished_run, tracked_run
@@ -78,41 +79,74 @@ def prepare_step(config: PrepareConfig, data_dir: Path, experiment_id: str, work
 
 def train_step(config: PrepareConfig, data_dir: Path, experiment_id: str, model: str, train_config: TrainConfig,
                workers: int | None = None, run_id: str | None = None, reuse: bool = False,
-               scheduler: str = "") -> str:
-    """Prepare (reusing) then train; with ``reuse`` a finished identical train run is returned instead."""
-    from wtag.training import resolve_models, train
+               scheduler: str = "", disco_lambdas: Sequence[float] | None = None) -> str:
+    """Prepare (reusing) then train; with ``reuse`` a finished identical train run is returned instead.
+
+    ``disco_lambdas``: a DisCo scan (every Keras tagger once per strength), default ``train_config``'s alone.
+    """
+    from wtag.training import resolve_models, scan_text, train
 
     resolve_models(model)  # a bad tagger name fails before any data is generated
     prep_run_id, ds = prepare_step(config, data_dir, experiment_id, workers=workers, scheduler=scheduler)
     if reuse:
-        params = {"model": model, "dataset_digest": ds.digest, **train_config.params()}
+        params = {"model": model, "dataset_digest": ds.digest, **train_config.params(),
+                  "disco_lambda": scan_text(train_config, disco_lambdas)}
         previous = find_finished_run(experiment_id, EntryPoint.TRAIN, params)
         if previous is not None:
             _say(f"train: reusing run {previous.info.run_id}")
             return str(previous.info.run_id)
-    return train(ds, model, train_config, prepare_run_id=prep_run_id, run_id=run_id)
+    return train(ds, model, train_config, prepare_run_id=prep_run_id, run_id=run_id, disco_lambdas=disco_lambdas)
 
 
 def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, model: str,
                   train_config: TrainConfig, metric: str, workers: int | None = None,
-                  run_id: str | None = None, scheduler: str = "") -> dict[str, str]:
-    """prepare -> train -> evaluate -> export, each its own run, each reused when already done."""
-    from wtag.evaluation import evaluate_step
-    from wtag.onnx_export import export_step
+                  run_id: str | None = None, scheduler: str = "", max_sculpting: float | None = None,
+                  disco_lambdas: Sequence[float] | None = None) -> dict[str, str]:
+    """prepare -> train -> evaluate -> export, each its own run, each reused when already done.
 
-    params = {**config.params(), "model": model, "metric": metric, **train_config.params()}
-    description = f"pipeline: prepare {config.source}, train {model}, evaluate by {metric}, export champion"
+    Export moves two aliases: ``champion`` to the evaluation's champion, and ``decorrelated`` to its best
+    candidate with test_mass_sculpting <= ``max_sculpting`` when one qualifies. The ``main`` run shows the
+    champion's test metrics with their errors and logs the dataset.
+    """
+    from wtag.evaluation import DEFAULT_MAX_SCULPTING, evaluate_step
+    from wtag.onnx_export import export_step
+    from wtag.training import scan_text
+
+    max_sculpting = DEFAULT_MAX_SCULPTING if max_sculpting is None else max_sculpting
+    params = {**config.params(), "model": model, "metric": metric, **train_config.params(),
+              "disco_lambda": scan_text(train_config, disco_lambdas), "max_sculpting": max_sculpting}
+    description = (f"pipeline: prepare {config.source}, train {model}, evaluate by {metric}, export champion "
+                   f"and the best candidate with mass sculpting <= {max_sculpting:g}")
     run_name = f"main-{config.source}-{config.sample_size()}"
     with tracked_run(EntryPoint.MAIN, run_name, description, params, run_id=run_id):
         import mlflow
 
         train_run = train_step(config, data_dir, experiment_id, model, train_config, workers=workers, reuse=True,
-                               scheduler=scheduler)
+                               scheduler=scheduler, disco_lambdas=disco_lambdas)
         ds_digest = mlflow.get_run(train_run).data.params["dataset_digest"]
-        eval_run, champion_run = evaluate_step(experiment_id, ds_digest, metric, train_run_id=train_run)
+        eval_run, champion_run = evaluate_step(experiment_id, ds_digest, metric, train_run_id=train_run,
+                                               max_sculpting=max_sculpting, n_bootstrap=train_config.n_bootstrap)
         export_run, version = export_step(experiment_id, champion_run)
         steps = {"train": train_run, "evaluate": eval_run, "export": export_run, "champion": champion_run,
                  "model_version": version}
+        decorrelated_run = mlflow.get_run(eval_run).data.tags.get(Tag.DECORRELATED_RUN_ID)
+        if decorrelated_run:
+            export_decorrelated, decorrelated_version = export_step(experiment_id, decorrelated_run,
+                                                                    alias=schema.DECORRELATED_ALIAS)
+            steps.update(decorrelated=decorrelated_run, export_decorrelated=export_decorrelated,
+                         decorrelated_model_version=decorrelated_version)
+        else:
+            _say(f"main: no candidate with test_mass_sculpting <= {max_sculpting:g}; alias "
+                 f"'{schema.DECORRELATED_ALIAS}' not moved")
+        champion = mlflow.get_run(champion_run)
+        mlflow.log_metrics({k: v for k, v in champion.data.metrics.items() if k.startswith("test_")
+                            and np.isfinite(v)})
+        mlflow.set_tags({Tag.BEST_RUN_ID: champion_run,
+                         Tag.BEST_CANDIDATE: candidate_label(champion.data.tags.get(Tag.TAGGER, ""),
+                                                             decorrelation_of(champion))})
+        ds = find_dataset(experiment_id, ds_digest)
+        for split_name in ("train", "test"):
+            log_dataset_input(ds, split_name)
         mlflow.set_tags({f"{Tag.STEP_PREFIX}{k}": v for k, v in steps.items()})
         _say("main: " + ", ".join(f"{k}={v}" for k, v in steps.items()))
         return steps

@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.style
 import mplhep as hep
@@ -58,11 +59,18 @@ def _labels(label: np.ndarray, n: int, what: str) -> np.ndarray:
     return label.astype(np.int64)
 
 
-def draw_roc(ax: Axes, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], baseline: str | None = "cut") -> None:
+BAND_EFFICIENCIES = np.linspace(0.05, 0.95, 46)
+"""Signal efficiencies at which the bootstrap band of a ROC plot is evaluated."""
+
+
+def draw_roc(ax: Axes, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], baseline: str | None = "cut",
+             n_bootstrap: int = 0, seed: int = 0) -> None:
     """Background rejection 1/eps_B (log) against signal efficiency eps_S, one line per tagger, AUC in legend.
 
     The HEP convention: it shows the rejection at the working points that matter, which a linear ROC hides.
     ``baseline`` (when among ``curves``) is drawn dashed and black, the reference every tagger must beat.
+    With ``n_bootstrap`` > 0 each curve gets a shaded band: the central 68% of 1/eps_B over that many
+    stratified bootstrap resamples of the test jets (``metrics.rejection_band``), its statistical uncertainty.
     """
     if not curves:
         raise WtagError("plot_roc: no curves to draw")
@@ -71,7 +79,10 @@ def draw_roc(ax: Axes, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], base
         auc = metrics.roc_auc(y, score)
         keep = (eps_b > 0) & (eps_s > 0)
         style = {"ls": "--", "color": "black"} if name == baseline else {}
-        ax.plot(eps_s[keep], 1.0 / eps_b[keep], label=f"{name} (AUC = {auc:.3f})", **style)
+        (line,) = ax.plot(eps_s[keep], 1.0 / eps_b[keep], label=f"{name} (AUC = {auc:.3f})", **style)
+        if n_bootstrap > 0:
+            lo, hi = metrics.rejection_band(y, score, BAND_EFFICIENCIES, n_bootstrap, seed)
+            ax.fill_between(BAND_EFFICIENCIES, lo, hi, color=line.get_color(), alpha=0.25, lw=0)
     ax.set_yscale("log")
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel(r"Signal efficiency $\epsilon_S$ (W jets)")
@@ -81,10 +92,11 @@ def draw_roc(ax: Axes, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], base
 
 
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike[str],
-             baseline: str | None = "cut", *, cms_text: str = "Simulation") -> Path:
+             baseline: str | None = "cut", *, cms_text: str = "Simulation", n_bootstrap: int = 0,
+             seed: int = 0) -> Path:
     """:func:`draw_roc` as a CMS-labelled PNG."""
     with _figure() as (fig, axes):
-        draw_roc(axes[0, 0], curves, baseline)
+        draw_roc(axes[0, 0], curves, baseline, n_bootstrap, seed)
         _label(axes[0, 0], cms_text)
         return _save(fig, path)
 
@@ -267,4 +279,106 @@ def plot_average_images(images: np.ndarray, label: np.ndarray, path: str | os.Pa
             ax.text(0.96, 0.96, f"{CLASS_NAMES.get(cls, f'label {cls}')} ({int((label == cls).sum())} jets)",
                     transform=ax.transAxes, ha="right", va="top")
         _label(axes[0, 0], cms_text)
+        return _save(fig, path)
+
+
+def plot_ddt_fit(fit: Any, path: str | os.PathLike[str], *, cms_text: str = "Simulation") -> Path:
+    """The QCD tau21 profile against rho' with the DDT line over its fit range (``taggers.ddt.ProfileFit``)."""
+    with _figure() as (fig, axes):
+        ax = axes[0, 0]
+        ok = np.isfinite(fit.means)
+        ax.errorbar(fit.centres[ok], fit.means[ok], yerr=fit.errors[ok], fmt="o", color=CLASS_COLORS[0],
+                    label=r"QCD jets: mean $\tau_{21}$")
+        x = np.array([fit.rho_min, fit.rho_max])
+        ax.plot(x, fit.intercept + fit.slope * x, color="black",
+                label=f"fit: M = {fit.slope:.4f} $\\pm$ {fit.slope_err:.4f}, $\\chi^2$/ndf = {fit.chi2_ndf:.2f}")
+        ax.axvspan(fit.rho_min, fit.rho_max, color="tab:gray", alpha=0.15, label="fit range")
+        ax.set_xlabel(r"$\rho' = \ln(m_{SD}^2 / (p_T \cdot 1\,\mathrm{GeV}))$")
+        ax.set_ylabel(r"$\langle\tau_{21}\rangle$")
+        ax.legend(loc="lower left")
+        _label(ax, cms_text)
+        return _save(fig, path)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both coordinates (both larger-is-better), sorted by the
+    first coordinate. Non-finite first coordinates are never on the front; +inf second coordinates count as the
+    largest."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not (math.isfinite(x) and not math.isnan(y)):
+            continue
+        dominated = any(j != i and math.isfinite(xj) and not math.isnan(yj) and xj >= x and yj >= y
+                        and (xj > x or yj > y) for j, (xj, yj) in enumerate(points))
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_decorrelation_front(names: Sequence[str], r50: Sequence[float], r50_err: Sequence[float],
+                             inv_jsd: Sequence[float], inv_jsd_err: Sequence[float], path: str | os.PathLike[str],
+                             *, max_sculpting: float | None = None, cms_text: str = "Simulation") -> Path:
+    """The decorrelation literature's figure: background rejection at 50% signal efficiency against 1/JSD of
+    the QCD mass before and after that cut, one point per candidate with its error bars, Pareto front drawn;
+    with ``max_sculpting`` a vertical line at 1/max_sculpting (candidates right of it qualify as decorrelated)."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"]
+    if not names:
+        raise WtagError("plot_decorrelation_front: no candidates")
+    inv = np.asarray(inv_jsd, dtype=np.float64)
+    shown = np.where(np.isfinite(inv), inv, np.nan)
+    front = pareto_front(list(zip(r50, inv, strict=True)))
+    with _figure() as (fig, axes):
+        ax = axes[0, 0]
+        for i, name in enumerate(names):
+            ax.errorbar(shown[i], r50[i], xerr=inv_jsd_err[i], yerr=r50_err[i], fmt="o" if i in front else "s",
+                        ms=9, capsize=3, color=colors(i % 20), label=name + (" (front)" if i in front else ""))
+        if max_sculpting is not None and max_sculpting > 0:
+            ax.axvline(1.0 / max_sculpting, color="tab:gray", ls=":", lw=2,
+                       label=f"JSD = {max_sculpting:g} (max_sculpting)")
+        pts = [(shown[i], r50[i]) for i in front if np.isfinite(shown[i])]
+        if len(pts) > 1:
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", color="black", lw=1.5, zorder=0,
+                    label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(r"1 / JSD (QCD $m_{SD}$ before vs after the cut)")
+        ax.set_ylabel(r"Background rejection $1/\epsilon_B$ at $\epsilon_S = 50\%$")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(loc="upper right", fontsize="x-small")
+        _label(ax, cms_text)
+        return _save(fig, path)
+
+
+def plot_mass_after_cut(msd: np.ndarray, y: np.ndarray, scores: Mapping[str, np.ndarray],
+                        path: str | os.PathLike[str], signal_efficiency: float = 0.5, *,
+                        cms_text: str = "Simulation") -> Path:
+    """The QCD soft-drop mass before the cut and after each tagger's cut at ``signal_efficiency`` (all unit
+    area), one line per tagger, its JSD in the legend: the Pareto front's members side by side."""
+    if not scores:
+        raise WtagError("plot_mass_after_cut: no taggers")
+    msd = np.asarray(msd, dtype=np.float64)
+    y = _labels(y, len(msd), "plot_mass_after_cut")
+    bins = metrics.DEFAULT_MASS_BINS
+    clipped = msd.clip(bins[0], bins[-1])
+    with _figure() as (fig, axes):
+        ax = axes[0, 0]
+        hist, _ = np.histogram(clipped[y == 0], bins=bins)
+        hep.histplot(hist, bins, density=True, ax=ax, color="black", lw=2.5, label="QCD, before the cut")
+        for name, score in scores.items():
+            score = np.asarray(score, dtype=np.float64)
+            threshold = metrics.threshold_at_efficiency(y, score, signal_efficiency)
+            passed = (y == 0) & (score >= threshold)
+            if not passed.any():
+                continue
+            jsd = metrics.mass_sculpting(msd, y, score, signal_efficiency, bins)
+            hist, _ = np.histogram(clipped[passed], bins=bins)
+            hep.histplot(hist, bins, density=True, ax=ax, ls="--", label=f"{name}: JSD = {jsd:.3f}")
+        ax.set_xlabel("Soft-drop mass [GeV]")
+        ax.set_ylabel("Normalised QCD jets / bin")
+        ax.legend(loc="upper right", title=f"QCD after the cut at {100 * signal_efficiency:.0f}% W eff.",
+                  fontsize="x-small")
+        _label(ax, cms_text)
         return _save(fig, path)

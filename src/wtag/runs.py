@@ -31,8 +31,20 @@ def finished_runs(experiment_id: str, entry_point: str, max_results: int = 1000)
         order_by=["attributes.start_time DESC"], max_results=max_results))
 
 
+def decorrelation_of(run: Any) -> str:
+    """A tagger run's decorrelation setting (``Tag.DECORRELATION``); ``none`` for runs from before the tag."""
+    return str(run.data.tags.get(Tag.DECORRELATION) or schema.DECORRELATION_NONE)
+
+
+def candidate_label(tagger: str, decorrelation: str) -> str:
+    """How tables and plots name a candidate: ``dnn``, or ``dnn-disco3`` for a decorrelated training (also a
+    valid MLflow metric-name prefix)."""
+    return tagger if decorrelation == schema.DECORRELATION_NONE else f"{tagger}-{decorrelation}"
+
+
 def tagger_runs(experiment_id: str, dataset_digest: str | None = None) -> list[Any]:
-    """The newest FINISHED tagger run per tagger trained on ``dataset_digest`` (default: the newest run's).
+    """The newest FINISHED tagger run per (tagger, decorrelation setting) trained on ``dataset_digest`` (default:
+    the newest run's): ``dnn`` and ``dnn`` with DisCo lambda = 3 are different candidates.
 
     Raises WtagError when there is none, naming the experiment and digest.
     """
@@ -40,11 +52,12 @@ def tagger_runs(experiment_id: str, dataset_digest: str | None = None) -> list[A
     if not runs:
         raise WtagError(f"experiment {experiment_id} has no finished tagger runs (run the train step first)")
     digest = dataset_digest or runs[0].data.params.get("dataset_digest")
-    newest: dict[str, Any] = {}
+    newest: dict[tuple[str, str], Any] = {}
     for run in runs:
         name = run.data.tags.get(Tag.TAGGER)
-        if run.data.params.get("dataset_digest") == digest and name and name not in newest:
-            newest[name] = run
+        key = (name, decorrelation_of(run))
+        if run.data.params.get("dataset_digest") == digest and name and key not in newest:
+            newest[key] = run
     if not newest:
         raise WtagError(f"experiment {experiment_id} has no finished tagger runs on dataset {digest}")
     return list(newest.values())
@@ -108,6 +121,12 @@ def load_tagger(run: Any, ds: PreparedDataset, uri: str | None = None) -> Any:
 
 def read_test_scores(run_id: str, dst: Path) -> tuple[np.ndarray, np.ndarray]:
     """(label, score) of a tagger run's held-out test jets, from its ``test_scores.npz`` artifact."""
+    label, score, _ = read_test_arrays(run_id, dst)
+    return label, score
+
+
+def read_test_arrays(run_id: str, dst: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label, score, msd) of a tagger run's held-out test jets, from its ``test_scores.npz`` artifact."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -117,7 +136,7 @@ def read_test_scores(run_id: str, dst: Path) -> tuple[np.ndarray, np.ndarray]:
         raise WtagError(f"tagger run {run_id} has no {Artifact.TEST_SCORES} artifact "
                         "(not logged by the train step)") from None
     with np.load(path, allow_pickle=False) as data:
-        return data["label"], data["score"]
+        return data["label"], data["score"], data["msd"]
 
 
 def champion_of_newest_evaluation(experiment_id: str) -> str:
@@ -125,6 +144,20 @@ def champion_of_newest_evaluation(experiment_id: str) -> str:
     for run in finished_runs(experiment_id, EntryPoint.EVALUATE, max_results=50):
         if run.data.tags.get(Tag.CHAMPION_RUN_ID):
             return str(run.data.tags[Tag.CHAMPION_RUN_ID])
+    raise WtagError(f"experiment {experiment_id} has no finished evaluation run: run the evaluate step or pass "
+                    "-P run_id=<tagger run>")
+
+
+def decorrelated_of_newest_evaluation(experiment_id: str) -> str:
+    """The run the newest finished ``evaluate`` run chose as the best with small enough mass sculpting."""
+    for run in finished_runs(experiment_id, EntryPoint.EVALUATE, max_results=50):
+        if run.data.tags.get(Tag.CHAMPION_RUN_ID):
+            chosen = run.data.tags.get(Tag.DECORRELATED_RUN_ID)
+            if not chosen:
+                raise WtagError(f"the newest evaluation ({run.info.run_id}) found no candidate with "
+                                f"test_mass_sculpting <= max_sculpting = {run.data.params.get('max_sculpting', '?')}: "
+                                "train a decorrelated tagger (ddt, -P disco_lambda=...) or raise max_sculpting")
+            return str(chosen)
     raise WtagError(f"experiment {experiment_id} has no finished evaluation run: run the evaluate step or pass "
                     "-P run_id=<tagger run>")
 

@@ -155,6 +155,17 @@ class Tag:
     HOST = "wtag.host"  # where the process that owns a run lives, with its pid and start time: a run left
     PID = "wtag.pid"  # RUNNING by a process that is gone is marked FAILED by the next step (wtag.tracking)
     PID_START = "wtag.pid_start"
+    # Mass decorrelation: the training setting of a tagger run (``none`` or ``disco<lambda>``), and on the
+    # ``evaluate`` run the best candidate whose test_mass_sculpting is at most ``max_sculpting``.
+    DECORRELATION = "wtag.decorrelation"
+    DECORRELATED_RUN_ID = "wtag.decorrelated_run_id"
+    DECORRELATED_CANDIDATE = "wtag.decorrelated_candidate"
+    # On the ``evaluate`` run: the champion's margin over the runner-up in standard deviations (paired bootstrap)
+    CHAMPION_MARGIN_SIGMA = "wtag.champion_margin_sigma"
+    CHAMPION_SIGNIFICANT = "wtag.champion_significant"
+    # On the ``train`` parent and ``main`` runs: the candidate whose test metrics they show
+    BEST_RUN_ID = "wtag.best_run_id"
+    BEST_CANDIDATE = "wtag.best_candidate"
 
     @staticmethod
     def alias(alias: str, event: str) -> str:
@@ -192,7 +203,13 @@ class Artifact:
     CHAMPION_TXT = "champion.txt"
     SCORE_INPUTS = "inputs.json"  # score run: each input with its size and sha256
     SCORE_PLOT = "score_distribution.png"
+    COMPARISON_TABLE = "comparison_table.json"  # mlflow.log_table: the comparison in the UI's artifact view
+    FRONT_PNG = "decorrelation_front.png"  # r50 vs 1/JSD with the Pareto front
+    FRONT_MASS_PNG = "decorrelation_front_mass.png"  # QCD msd before / after the cut, front members
+    FRONT_CSV = "decorrelation_front.csv"
 
 
 REGISTERED_MODEL = "wtag"
 CHAMPION_ALIAS = "champion"
+DECORRELATED_ALIAS = "decorrelated"  # the best candidate with test_mass_sculpting <= max_sculpting
+DECORRELATION_NONE = "none"  # Tag.DECORRELATION of a run trained without a decorrelation penalty

@@ -13,6 +13,7 @@ from wtag.taggers.base import Tagger, TrainConfig
 # name -> "module:Class"
 REGISTRY: dict[str, str] = {
     "cut": "wtag.taggers.cut:CutTagger",
+    "ddt": "wtag.taggers.ddt:DDTTagger",
     "bdt": "wtag.taggers.bdt:BDTTagger",
     "dnn": "wtag.taggers.dense:DenseTagger",
     "cnn_tutorial": "wtag.taggers.cnn:TutorialCNNTagger",

@@ -4,13 +4,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
-from wtag.schema import expected_shape
+from wtag.schema import DECORRELATION_NONE, expected_shape
 
 EpochCallback = Callable[[int, Mapping[str, float]], None]
 
@@ -25,11 +26,22 @@ class TrainConfig:
     patience: int = 5
     seed: int = 42
     verbose: bool = False
+    # DisCo mass decorrelation (Kasieczka & Shih 2020): strength of the squared distance correlation between the
+    # score and the soft-drop mass of the QCD jets of each batch, added to the loss; 0 = off. Keras taggers only.
+    disco_lambda: float = 0.0
+    # Resamples of the test jets for the statistical uncertainty of every test metric (wtag.metrics.bootstrap).
+    n_bootstrap: int = 200
 
     def params(self) -> dict[str, object]:
         """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there)."""
         return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "patience": self.patience, "train_seed": self.seed}
+                "patience": self.patience, "train_seed": self.seed, "disco_lambda": self.disco_lambda,
+                "n_bootstrap": self.n_bootstrap}
+
+    @property
+    def decorrelation(self) -> str:
+        """The decorrelation setting as recorded in ``Tag.DECORRELATION``: ``none`` or ``disco<lambda>``."""
+        return f"disco{self.disco_lambda:g}" if self.disco_lambda > 0 else DECORRELATION_NONE
 
 
 class Tagger(abc.ABC):
@@ -43,6 +55,7 @@ class Tagger(abc.ABC):
     family: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]]
     flavor: ClassVar[str]  # MLflow flavor used by log_model: "keras", "xgboost" or "pyfunc"
+    supports_disco: ClassVar[bool] = False  # trains with TrainConfig.disco_lambda > 0 (the Keras taggers)
 
     def __init__(self, config: TrainConfig, standardization: Standardization) -> None:
         self.config = config
@@ -72,6 +85,13 @@ class Tagger(abc.ABC):
     @abc.abstractmethod
     def to_onnx(self) -> Any:
         """The model as an ``onnx.ModelProto`` with raw inputs named as ``inputs`` and one output "score"."""
+
+    def fit_metrics(self) -> dict[str, float]:
+        """Numbers the fit determined that are worth logging as metrics (e.g. the DDT slope); none by default."""
+        return {}
+
+    def diagnostic_plots(self, directory: Path, train: Split) -> None:
+        """Write tagger-specific figures (e.g. a fit) into ``directory``; none by default."""
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Fail with a message naming the input when a required array is missing or mis-shaped."""

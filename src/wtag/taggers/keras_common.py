@@ -78,6 +78,67 @@ def standardized_particles(particles: keras.KerasTensor, standardization: Standa
     return zeroed, mask
 
 
+def distance_correlation_squared(x: Any, y: Any, weight: Any) -> Any:
+    """Weighted squared distance correlation of two 1-D tensors, in keras.ops (differentiable; any backend).
+
+    The same V-statistic as ``wtag.metrics.distance_correlation`` (which returns its square root), with the
+    weights normalised to sum to one; jets of weight 0 do not count. Builds n x n matrices: meant for one
+    training batch. 0 when every weight is 0 or a variable is constant in the batch.
+    """
+    ops = keras.ops
+    x = ops.reshape(ops.cast(x, "float32"), (-1,))
+    y = ops.reshape(ops.cast(y, "float32"), (-1,))
+    w = ops.reshape(ops.cast(weight, "float32"), (-1,))
+    p = w / ops.maximum(ops.sum(w), 1e-12)
+
+    def centred(v: Any) -> Any:
+        a = ops.abs(ops.expand_dims(v, 1) - ops.expand_dims(v, 0))
+        row = ops.matmul(a, p)
+        return a - ops.expand_dims(row, 1) - ops.expand_dims(row, 0) + ops.sum(p * row)
+
+    big_a, big_b = centred(x), centred(y)
+    pp = ops.expand_dims(p, 1) * ops.expand_dims(p, 0)
+    ab = ops.sum(pp * big_a * big_b)
+    aa = ops.sum(pp * big_a * big_a)
+    bb = ops.sum(pp * big_b * big_b)
+    return ab / ops.sqrt(aa * bb + 1e-12)
+
+
+class DiscoLoss(keras.losses.Loss):
+    """Weighted binary cross-entropy plus ``disco_lambda`` times the squared distance correlation between the
+    score and the soft-drop mass of the batch's QCD jets (DisCo, Kasieczka & Shih 2020, their eq. 5).
+
+    The mass must reach the loss but not the model, so the targets are packed: ``y_true`` is (N, 3) =
+    (label, msd, training weight), built by ``pack_targets``. The cross-entropy term equals Keras'
+    ``BinaryCrossentropy`` with ``sample_weight`` (sum of w * BCE over the batch size), so ``disco_lambda`` = 0
+    is the ordinary loss; the penalty weights the QCD jets with their training weights. The scoring model and
+    its ONNX export never see the mass: raw inputs -> score, as without DisCo.
+    """
+
+    def __init__(self, disco_lambda: float, name: str = "disco_loss", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.disco_lambda = float(disco_lambda)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        label, msd, weight = y_true[:, 0], y_true[:, 1], y_true[:, 2]
+        prob = ops.reshape(y_pred, (-1,))
+        bce = ops.binary_crossentropy(label, prob)
+        loss = ops.sum(weight * bce) / ops.cast(ops.shape(prob)[0], prob.dtype)
+        if self.disco_lambda > 0:
+            loss = loss + self.disco_lambda * distance_correlation_squared(prob, msd, weight * (1.0 - label))
+        return loss
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "disco_lambda": self.disco_lambda}
+
+
+def pack_targets(label: np.ndarray, msd: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(N, 3) float32 targets (label, msd, weight) for ``DiscoLoss``."""
+    return np.stack([np.asarray(label, np.float32), np.asarray(msd, np.float32), np.asarray(weight, np.float32)],
+                    axis=1)
+
+
 class _ValidationAUC(keras.callbacks.Callback):
     """Adds ``val_auc`` (weighted ROC AUC on the validation set) to the epoch logs and forwards the
     epoch's ``loss``/``val_loss``/``val_auc`` to the caller's callback (e.g. MLflow metric logging)."""
@@ -104,6 +165,7 @@ class KerasTagger(Tagger):
     """
 
     flavor: ClassVar[str] = "keras"
+    supports_disco: ClassVar[bool] = True
 
     def __init__(self, config: TrainConfig, standardization: Standardization) -> None:
         super().__init__(config, standardization)
@@ -131,8 +193,8 @@ class KerasTagger(Tagger):
     def hyperparameters(self) -> dict[str, Any]:
         """The architecture and the optimisation choices; the TrainConfig numbers are logged by the caller
         (``TrainConfig.params``)."""
-        return {**self.architecture(), "optimizer": "adam", "loss": "binary_crossentropy",
-                "early_stopping": "val_loss"}
+        loss = "binary_crossentropy+disco" if self.config.disco_lambda > 0 else "binary_crossentropy"
+        return {**self.architecture(), "optimizer": "adam", "loss": loss, "early_stopping": "val_loss"}
 
     def _build(self) -> tuple[keras.Model, keras.Model]:
         """The training model ((N, 1) output) and the scoring model ((N,) output) sharing its layers.
@@ -151,16 +213,20 @@ class KerasTagger(Tagger):
         xv, yv, wv = self._arrays(val, "validation")
         keras.utils.set_random_seed(self.config.seed)
         train_model, score_model = self._build()
-        train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.config.learning_rate),
-                            loss=keras.losses.BinaryCrossentropy())
+        disco = self.config.disco_lambda > 0
+        loss = DiscoLoss(self.config.disco_lambda) if disco else keras.losses.BinaryCrossentropy()
+        train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.config.learning_rate), loss=loss)
         callbacks = [
             _ValidationAUC(xv, yv, wv, on_epoch_end),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience,
                                           restore_best_weights=True),
         ]
-        result = train_model.fit(x, y.reshape(-1, 1), sample_weight=w, validation_data=(xv, yv.reshape(-1, 1), wv),
-                                 epochs=self.config.epochs, batch_size=self.config.batch_size, shuffle=True,
-                                 callbacks=callbacks, verbose=2 if self.config.verbose else 0)
+        if disco:  # the mass travels with the targets; the weights too, as the penalty needs them
+            fit_data = {"y": pack_targets(y, train.msd, w), "validation_data": (xv, pack_targets(yv, val.msd, wv))}
+        else:
+            fit_data = {"y": y.reshape(-1, 1), "sample_weight": w, "validation_data": (xv, yv.reshape(-1, 1), wv)}
+        result = train_model.fit(x, **fit_data, epochs=self.config.epochs, batch_size=self.config.batch_size,
+                                 shuffle=True, callbacks=callbacks, verbose=2 if self.config.verbose else 0)
         self._model = score_model
         return {key: [float(v) for v in result.history[key]] for key in ("loss", "val_loss", "val_auc")}
 
@@ -254,10 +320,11 @@ def _check_config(config: TrainConfig) -> None:
         ("batch_size", config.batch_size, config.batch_size >= 1),
         ("learning_rate", config.learning_rate, config.learning_rate > 0),
         ("patience", config.patience, config.patience >= 0),
+        ("disco_lambda", config.disco_lambda, config.disco_lambda >= 0),
     ) if not ok]
     if problems:
         raise WtagError(f"training parameters out of range: {', '.join(problems)} (need epochs >= 1, "
-                        "batch_size >= 1, learning_rate > 0, patience >= 0)")
+                        "batch_size >= 1, learning_rate > 0, patience >= 0, disco_lambda >= 0)")
 
 
 def dense_stack(x: keras.KerasTensor, units: Sequence[int], dropout: float, prefix: str,
