@@ -20,6 +20,7 @@ from wtag.taggers.base import TrainConfig
 from wtag.taggers.keras_common import (
     ONNX_BATCH_DIM,
     KerasTagger,
+    broadcast_add,
     set_threads,
     standardize,
     standardized_particles,
@@ -338,7 +339,7 @@ def test_set_threads_reports_when_too_late() -> None:
     assert set_threads(2, 2) is False
 
 
-KERAS_TAGGERS = ("dnn", "cnn_tutorial", "cnn", "lstm", "bilstm", "pfn")
+KERAS_TAGGERS = ("dnn", "cnn_tutorial", "cnn", "lstm", "bilstm", "pfn", "particlenet", "part")
 
 
 def _modules(config: object) -> set[str]:
@@ -365,3 +366,15 @@ def test_hyperparameters_are_loggable(name: str) -> None:
     params = build_tagger(name, tiny_config(), Standardization()).hyperparameters()
     assert params["architecture"] in (name, "dense")
     assert all(isinstance(v, (str, int, float)) for v in params.values()), params
+
+
+@pytest.mark.parametrize(("a", "b"), [((1, 4, 1), (1, 1, 4)), ((4, 4, 7), (4, 1, 1)), ((7, 4, 7), (7, 1, 1)),
+                                      ((3, 2, 1, 5), (3, 1, 1, 5))])
+def test_broadcast_add_broadcasts_both_operands(a: tuple, b: tuple) -> None:
+    """Where Keras' ``+`` takes its bias-add shortcut (the first three: wrong shape or axis) and where it does not,
+    broadcast_add is NumPy's ``+``."""
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=a).astype(np.float32), rng.normal(size=b).astype(np.float32)
+    in1, in2 = keras.Input(a[1:]), keras.Input(b[1:])
+    model = keras.Model([in1, in2], broadcast_add(in1, in2))
+    np.testing.assert_allclose(model.predict([x1, x2], batch_size=len(x1), verbose=0), x1 + x2, atol=1e-6)

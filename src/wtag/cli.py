@@ -91,6 +91,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--patience", type=_positive_int, default=5)
     p.add_argument("--train-seed", type=_int, default=42, help="seed of weight initialisation and shuffling")
+    p.add_argument("--init-from", default="", help="start from this model's weights: a tagger run id, or a "
+                   "runs:/ or models:/ URI of a model of the same (Keras) tagger")
 
 
 def _prepare_config(args: argparse.Namespace):
@@ -107,7 +109,7 @@ def _train_config(args: argparse.Namespace):
     from wtag.taggers import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       patience=args.patience, seed=args.train_seed)
+                       patience=args.patience, seed=args.train_seed, init_from=args.init_from.strip())
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -209,7 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_tracking_server(args: argparse.Namespace) -> int:
-    from wtag.tracking import ServerPaths, is_healthy, start_server, stop_server
+    from wtag.tracking_server import ServerPaths, is_healthy, start_server, stop_server
 
     paths = ServerPaths(args.dir)
     uri = f"http://{args.host}:{args.port}"

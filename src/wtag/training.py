@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,12 +90,45 @@ def _run_name(name: str, ds: PreparedDataset) -> str:
     return f"{name}-{ds.source}-{len(ds.train) + len(ds.val) + len(ds.test)}"
 
 
+def init_parent(config: TrainConfig, names: Sequence[str]) -> Any | None:
+    """The tagger run ``config.init_from`` names (None without one), checked against the requested taggers:
+    only Keras taggers start from a parent, and only from a model of the same tagger."""
+    if not config.init_from:
+        return None
+    from wtag.runs import init_from_run
+    from wtag.taggers.keras_common import KerasTagger
+
+    parent = init_from_run(config.init_from)
+    parent_tagger = parent.data.tags[Tag.TAGGER]
+    for name in names:
+        if not issubclass(tagger_class(name), KerasTagger):
+            raise WtagError(f"init_from: tagger '{name}' cannot start from a parent model (only Keras taggers can)")
+        if name != parent_tagger:
+            raise WtagError(f"init_from '{config.init_from}': run {parent.info.run_id} holds a '{parent_tagger}' "
+                            f"model, which cannot initialise tagger '{name}' (pass -P model={parent_tagger})")
+    return parent
+
+
+def _lineage_text(parent: Any) -> str:
+    from wtag.runs import lineage
+
+    def step(r: Any) -> str:
+        tags = r.data.tags
+        return (f"{tags.get(Tag.TAGGER, '?')} run {r.info.run_id} ({tags.get(Tag.SOURCE, '?')}, "
+                f"{r.data.params.get('n_train', '?')} training jets, dataset {tags.get(Tag.DATASET_DIGEST, '?')[:8]})")
+
+    steps = [step(r) for r in lineage(parent)]
+    return "; lineage: " + " -> ".join([*steps, "this run"])
+
+
 def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
-              baseline: TaggerResult | None) -> TaggerResult:
-    """Train, test and log one tagger in a nested run of the active parent run."""
+              baseline: TaggerResult | None, parent: Any | None = None) -> TaggerResult:
+    """Train, test and log one tagger in a nested run of the active parent run; with ``parent`` (a tagger run
+    of the same tagger, see ``init_parent``) training starts from that run's model."""
     import mlflow
 
     from wtag import metrics, plots
+    from wtag.runs import model_uri
     from wtag.tracking import tracked_run
 
     tagger: Tagger = build_tagger(name, config, ds.standardization)
@@ -103,6 +137,10 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
     description = (f"{name} ({tagger.family}) trained on {len(ds.train)} {ds.source} jets, "
                    f"inputs {', '.join(tagger.inputs)}")
     tags = {Tag.TAGGER: name, Tag.FAMILY: tagger.family, Tag.DATASET_DIGEST: ds.digest, Tag.SOURCE: ds.source}
+    if parent is not None:
+        tagger.start_from(model_uri(parent.info.run_id))
+        description += f", starting from the weights of run {parent.info.run_id}" + _lineage_text(parent)
+        tags[Tag.INIT_FROM] = parent.info.run_id
     with tracked_run(EntryPoint.TRAIN_TAGGER, _run_name(name, ds), description, params, nested=True, tags=tags) as run:
         log_dataset_input(ds, "test")
         start = time.perf_counter()
@@ -170,6 +208,7 @@ def train(ds: PreparedDataset, model: str, config: TrainConfig, prepare_run_id: 
     names = runnable(resolve_models(model), ds)
     if "cut" in names:
         names = ["cut"] + [n for n in names if n != "cut"]
+    init_run = init_parent(config, names)
     params = {"model": model, "source": ds.source, "dataset_digest": ds.digest, **config.params()}
     description = f"train {', '.join(names)} on {len(ds.train)} {ds.source} jets (dataset {ds.digest[:8]})"
     tags = {Tag.DATASET_DIGEST: ds.digest, Tag.SOURCE: ds.source,
@@ -179,7 +218,7 @@ def train(ds: PreparedDataset, model: str, config: TrainConfig, prepare_run_id: 
         results: list[TaggerResult] = []
         baseline: TaggerResult | None = None
         for name in names:
-            result = train_one(name, ds, config, baseline)
+            result = train_one(name, ds, config, baseline, init_run)
             if name == "cut":
                 baseline = result
             results.append(result)

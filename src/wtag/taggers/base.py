@@ -25,11 +25,14 @@ class TrainConfig:
     patience: int = 5
     seed: int = 42
     verbose: bool = False
+    # Start from the weights of this model instead of random ones: a tagger run id, or a runs:/ or models:/ URI
+    # of a model of the same tagger (Keras taggers only); "" trains from scratch.
+    init_from: str = ""
 
     def params(self) -> dict[str, object]:
         """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there)."""
         return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "patience": self.patience, "train_seed": self.seed}
+                "patience": self.patience, "train_seed": self.seed, "init_from": self.init_from}
 
 
 class Tagger(abc.ABC):
