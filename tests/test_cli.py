@@ -28,3 +28,11 @@ def test_mlproject_style_numbers_are_accepted():
         build_parser().parse_args(["train", "--epochs", "2.5"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--epochs", "0"])
+
+
+def test_init_from_reaches_the_train_config():
+    from wtag.cli import _train_config
+
+    assert _train_config(build_parser().parse_args(["train"])).init_from == ""
+    args = build_parser().parse_args(["main", "--init-from", " runs:/0123abcd/model "])
+    assert _train_config(args).init_from == "runs:/0123abcd/model"
