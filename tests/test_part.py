@@ -113,6 +113,17 @@ def test_padded_rows_are_ignored(trained: tuple) -> None:
 
 
 @pytest.mark.slow
+def test_jets_with_one_or_no_particles_score_finitely(trained: tuple) -> None:
+    """Fewer particles than neighbours / heads need; even an all-padding row must not produce NaN."""
+    tagger, val, _ = trained
+    particles = np.zeros((3, P, len(schema.PARTICLE_FEATURES)), np.float32)
+    particles[0, :1] = val.particles[0, :1]
+    particles[1, :2] = val.particles[1, :2]
+    scores = tagger.predict({"particles": particles})
+    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+
+
+@pytest.mark.slow
 def test_rejects_misshaped_input(trained: tuple) -> None:
     check_rejects_misshaped(trained[0])
 
