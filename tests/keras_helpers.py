@@ -171,7 +171,8 @@ class FitSpec:
 
 FIT_SPECS = {"dnn": FitSpec(400, 300, 3), "pfn": FitSpec(400, 300, 3), "cnn": FitSpec(192),
              "cnn_tutorial": FitSpec(192),
-             "lstm": FitSpec(160), "bilstm": FitSpec(160)}
+             "lstm": FitSpec(160), "bilstm": FitSpec(160), "particlenet": FitSpec(400, 300, 3),
+             "part": FitSpec(400, 300, 3)}
 
 
 def fit_spec(name: str) -> FitSpec:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import awkward as ak
 import numpy as np
 
 from wtag import schema
@@ -175,3 +176,30 @@ class LabelOutputTagger(LinearTagger):
 
     def output_name(self) -> str:
         return "probabilities"
+
+
+def labelled_jets(n: int, seed: int = 3) -> ak.Array:
+    """Jets with two hard prongs (label 1) or one (label 0), pT 200-500 GeV, as simulated MC would give."""
+    from wtag.features import complete_jets
+    from wtag.jets import make_jets
+
+    rng = np.random.default_rng(seed)
+    cols: dict[str, list] = {b: [] for b in schema.CAND_BRANCHES}
+    label = (np.arange(n) % 2).astype(np.int32)
+    for i in range(n):
+        m = rng.integers(15, 40)
+        eta0, phi0 = rng.uniform(-1.5, 1.5), rng.uniform(-np.pi, np.pi)
+        prong = np.where(rng.random(m) < 0.5, 0.25, 0.0) if label[i] else np.zeros(m)
+        cols["ak7pfcand_pt"].append(rng.exponential(12, m) + 0.5)
+        cols["ak7pfcand_eta"].append(eta0 + prong + rng.normal(0, 0.05, m))
+        cols["ak7pfcand_phi"].append(np.angle(np.exp(1j * (phi0 + rng.normal(0, 0.05, m)))))
+        cols["ak7pfcand_id"].append(rng.choice([211, -211, 22, 130], m))
+        cols["ak7pfcand_charge"].append(np.zeros(m, np.int32))
+    jets = make_jets({**cols, "jet_isW_ak7": label, "run": np.full(n, 1), "lumi": np.full(n, 1),
+                      "event": np.arange(n), "ijet": np.zeros(n), "weight": np.ones(n)})
+    jets = complete_jets(jets)
+    scale = rng.uniform(200, 500, n) / ak.to_numpy(jets["jet_pt_ak7"])  # move every jet into the selection
+    cols["ak7pfcand_pt"] = [np.asarray(p) * s for p, s in zip(cols["ak7pfcand_pt"], scale)]
+    jets = make_jets({**cols, "jet_isW_ak7": label, "run": np.full(n, 1), "lumi": np.full(n, 1),
+                      "event": np.arange(n), "ijet": np.zeros(n), "weight": np.ones(n)})
+    return complete_jets(jets)

@@ -54,6 +54,8 @@ def test_bad_input_to_the_other_commands_is_one_line_with_exit_code_2(argv, need
     assert len(errors) == 1 and needle in errors[0] and errors[0] == err.strip().splitlines()[-1], err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.root"))
+
+
 def test_decorrelation_arguments_default_to_the_config():
     from wtag.cli import _disco_lambdas, _train_config
     from wtag.evaluation import DEFAULT_MAX_SCULPTING
@@ -66,3 +68,11 @@ def test_decorrelation_arguments_default_to_the_config():
     assert _disco_lambdas(args) == [0.0, 1.0, 3.0] and _train_config(args).n_bootstrap == 50
     assert args.max_sculpting == 0.1
     assert build_parser().parse_args(["evaluate"]).max_sculpting == DEFAULT_MAX_SCULPTING
+
+
+def test_init_from_reaches_the_train_config():
+    from wtag.cli import _train_config
+
+    assert _train_config(build_parser().parse_args(["train"])).init_from == ""
+    args = build_parser().parse_args(["main", "--init-from", " runs:/0123abcd/model "])
+    assert _train_config(args).init_from == "runs:/0123abcd/model"

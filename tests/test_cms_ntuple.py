@@ -8,6 +8,7 @@ import awkward as ak
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic import labelled_jets
 
 from wtag import schema
 from wtag.errors import WtagError
@@ -288,37 +289,10 @@ def test_missing_input_and_empty_selection(tmp_path: Path) -> None:
     assert len(read_jets(out)) == 1
 
 
-def _labelled_jets(n: int, seed: int = 3) -> ak.Array:
-    """Jets with two hard prongs (label 1) or one (label 0), pT 200-500 GeV, as simulated MC would give."""
-    from wtag.features import complete_jets
-    from wtag.jets import make_jets
-
-    rng = np.random.default_rng(seed)
-    cols: dict[str, list] = {b: [] for b in schema.CAND_BRANCHES}
-    label = (np.arange(n) % 2).astype(np.int32)
-    for i in range(n):
-        m = rng.integers(15, 40)
-        eta0, phi0 = rng.uniform(-1.5, 1.5), rng.uniform(-np.pi, np.pi)
-        prong = np.where(rng.random(m) < 0.5, 0.25, 0.0) if label[i] else np.zeros(m)
-        cols["ak7pfcand_pt"].append(rng.exponential(12, m) + 0.5)
-        cols["ak7pfcand_eta"].append(eta0 + prong + rng.normal(0, 0.05, m))
-        cols["ak7pfcand_phi"].append(np.angle(np.exp(1j * (phi0 + rng.normal(0, 0.05, m)))))
-        cols["ak7pfcand_id"].append(rng.choice([211, -211, 22, 130], m))
-        cols["ak7pfcand_charge"].append(np.zeros(m, np.int32))
-    jets = make_jets({**cols, "jet_isW_ak7": label, "run": np.full(n, 1), "lumi": np.full(n, 1),
-                      "event": np.arange(n), "ijet": np.zeros(n), "weight": np.ones(n)})
-    jets = complete_jets(jets)
-    scale = rng.uniform(200, 500, n) / ak.to_numpy(jets["jet_pt_ak7"])  # move every jet into the selection
-    cols["ak7pfcand_pt"] = [np.asarray(p) * s for p, s in zip(cols["ak7pfcand_pt"], scale)]
-    jets = make_jets({**cols, "jet_isW_ak7": label, "run": np.full(n, 1), "lumi": np.full(n, 1),
-                      "event": np.arange(n), "ijet": np.zeros(n), "weight": np.ones(n)})
-    return complete_jets(jets)
-
-
 def test_write_then_read_gives_the_same_jets_and_model_inputs(tmp_path):
     from wtag import features
 
-    jets = _labelled_jets(40)
+    jets = labelled_jets(40)
     write_cms_ntuple(jets, tmp_path / "mc.npy")
     back = read_cms_ntuple([tmp_path / "mc.npy"])
     assert len(back) == 40
@@ -334,7 +308,7 @@ def test_write_then_read_gives_the_same_jets_and_model_inputs(tmp_path):
 def test_mc_ntuple_prepares_for_training(tmp_path):
     from wtag.prepare import PrepareConfig, prepare
 
-    write_cms_ntuple(_labelled_jets(60), tmp_path / "mc.npy")
+    write_cms_ntuple(labelled_jets(60), tmp_path / "mc.npy")
     ds = prepare(PrepareConfig(source="cms-ntuple", inputs=(str(tmp_path / "mc.npy"),)), tmp_path / "data",
                  progress=False)
     assert sum(c["jets"] for c in ds.manifest["counts"].values()) == 60

@@ -162,7 +162,7 @@ def test_too_few_qcd_jets_fail_clearly(data: dict[str, Split]) -> None:
 def test_export_step_checks_contract_and_parity(tracking_server: str, tmp_path: Path) -> None:
     """The real export path: train the ddt through train(), export it (contract check, parity on the test set)."""
     import mlflow
-    from test_onnx_export import log_prepare_run, new_experiment, synthetic_dataset
+    from synthetic import log_prepare_run, new_experiment, synthetic_dataset
 
     from wtag.onnx_export import export_step
     from wtag.training import train

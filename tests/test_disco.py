@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from test_keras_common import check_onnx_parity, synthetic_split, tiny_config
+from keras_helpers import check_onnx_parity, synthetic_split, tiny_config
 
 from wtag import metrics, schema
 from wtag.dataset import Split, Standardization

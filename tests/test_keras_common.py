@@ -27,6 +27,7 @@ from wtag.errors import WtagError
 from wtag.taggers import build_tagger, tagger_class
 from wtag.taggers.keras_common import (
     ONNX_BATCH_DIM,
+    broadcast_add,
     set_threads,
     standardize,
     standardized_particles,
@@ -186,7 +187,7 @@ def test_set_threads_reports_when_too_late() -> None:
 
 
 def test_the_registry_holds_the_keras_families() -> None:
-    assert {"dnn", "cnn_tutorial", "cnn", "lstm", "bilstm", "pfn"} <= set(KERAS_TAGGERS)
+    assert {"dnn", "cnn_tutorial", "cnn", "lstm", "bilstm", "pfn", "particlenet", "part"} <= set(KERAS_TAGGERS)
 
 
 def _modules(config: object) -> set[str]:
@@ -253,3 +254,15 @@ def test_mlflow_log_pyfunc_and_load_logged(trained: tuple, mlflow_experiment: st
 def test_onnx_parity(trained: tuple) -> None:
     tagger, val, _ = trained
     assert check_onnx_parity(tagger, val) <= 1e-4
+
+
+@pytest.mark.parametrize(("a", "b"), [((1, 4, 1), (1, 1, 4)), ((4, 4, 7), (4, 1, 1)), ((7, 4, 7), (7, 1, 1)),
+                                      ((3, 2, 1, 5), (3, 1, 1, 5))])
+def test_broadcast_add_broadcasts_both_operands(a: tuple, b: tuple) -> None:
+    """Where Keras' ``+`` takes its bias-add shortcut (the first three: wrong shape or axis) and where it does not,
+    broadcast_add is NumPy's ``+``."""
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=a).astype(np.float32), rng.normal(size=b).astype(np.float32)
+    in1, in2 = keras.Input(a[1:]), keras.Input(b[1:])
+    model = keras.Model([in1, in2], broadcast_add(in1, in2))
+    np.testing.assert_allclose(model.predict([x1, x2], batch_size=len(x1), verbose=0), x1 + x2, atol=1e-6)

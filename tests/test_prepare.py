@@ -126,17 +126,17 @@ def test_code_version_changes_with_the_source(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_prepare_step_never_reuses_a_dataset_of_an_edited_input(tracking_uri, tmp_path):
-    from test_cms_ntuple import _labelled_jets
+    from synthetic import labelled_jets
 
     from wtag.sources.cms_ntuple import write_cms_ntuple
 
     mc = tmp_path / "mc.npy"
-    write_cms_ntuple(_labelled_jets(60), mc)
+    write_cms_ntuple(labelled_jets(60), mc)
     exp_id = configure(tracking_uri, "wtag-test-stale-prepare")
     config = PrepareConfig(source="cms-ntuple", inputs=(str(mc),))
     first_run, first = prepare_step(config, tmp_path / "data", exp_id, progress=False)
     assert prepare_step(config, tmp_path / "data", exp_id, progress=False)[0] == first_run  # unchanged: reused
-    write_cms_ntuple(_labelled_jets(60)[::-1], mc)  # same path, same jets count, other content (order)
+    write_cms_ntuple(labelled_jets(60)[::-1], mc)  # same path, same jets count, other content (order)
     second_run, second = prepare_step(config, tmp_path / "data", exp_id, progress=False)
     assert second_run != first_run and second.root != first.root and second.digest != first.digest
     params = MlflowClient().get_run(second_run).data.params

@@ -109,7 +109,7 @@ def test_disco_scan_plan_and_parsing():
 @pytest.mark.slow
 def test_train_scan_logs_one_candidate_per_setting_with_errors(tracking_server, tmp_path):
     """In-process train(): cut, ddt and dnn with disco_lambda 0 and 2 on the synthetic dataset."""
-    from test_onnx_export import log_prepare_run, new_experiment, synthetic_dataset
+    from synthetic import log_prepare_run, new_experiment, synthetic_dataset
 
     from wtag.taggers import TrainConfig
     from wtag.training import train

@@ -129,6 +129,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disco-lambda", default=f"{d.disco_lambda:g}",
                    help="DisCo mass-decorrelation strength for the Keras taggers (0 = off); a comma-separated "
                         "list (e.g. 0,1,3,10) trains one run per value")
+    p.add_argument("--init-from", default=d.init_from,
+                   help="start from this model's weights: a tagger run id, or a runs:/ or models:/ URI of a model "
+                        "of the same (Keras) tagger")
     _add_bootstrap_arg(p)
 
 
@@ -159,7 +162,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
     optional = {"n_bootstrap": args.n_bootstrap, "disco_lambda": parse_disco_lambdas(args.disco_lambda)[0]}
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       patience=args.patience, seed=args.train_seed,
+                       patience=args.patience, seed=args.train_seed, init_from=args.init_from.strip(),
                        **{k: v for k, v in optional.items() if v is not None})
 
 

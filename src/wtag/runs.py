@@ -178,6 +178,55 @@ def tagger_run(run_id: str) -> Any:
     return run
 
 
+def init_from_run(spec: str) -> Any:
+    """The FINISHED tagger run behind an ``init_from`` value: a tagger run id, ``runs:/<run id>/...``,
+    ``models:/m-<id>`` (a logged model), or ``models:/<name>/<version>`` / ``models:/<name>@<alias>`` (a
+    registered version: the exported ONNX model's source tagger run, tag ``wtag.source_run_id``)."""
+    from mlflow.exceptions import MlflowException
+
+    spec = spec.strip()
+    what = f"init_from '{spec}'"
+    if spec.startswith("runs:/"):
+        run_id = spec[len("runs:/"):].split("/")[0]
+    elif spec.startswith("models:/"):
+        ref = spec[len("models:/"):].strip("/")
+        client = _client()
+        try:
+            if ref.startswith("m-"):
+                run_id = client.get_logged_model(ref.split("/")[0]).source_run_id or ""
+            else:
+                if "@" in ref:
+                    name, alias = ref.split("@", 1)
+                    version = client.get_model_version_by_alias(name, alias)
+                elif "/" in ref:
+                    name, number = ref.split("/", 1)
+                    version = client.get_model_version(name, number)
+                else:
+                    raise WtagError(f"{what}: name a version or an alias (models:/NAME/VERSION, models:/NAME@ALIAS)")
+                run_id = version.tags.get(Tag.SOURCE_RUN_ID) or version.run_id or ""
+        except MlflowException as exc:
+            raise WtagError(f"{what}: no such model on the tracking server ({str(exc).splitlines()[0]})") from None
+    else:
+        run_id = spec
+    if not run_id:
+        raise WtagError(f"{what}: cannot tell which training run produced that model")
+    try:
+        return tagger_run(run_id)
+    except WtagError as exc:
+        raise WtagError(f"{what}: {exc}") from None
+
+
+def lineage(run: Any, max_depth: int = 20) -> list[Any]:
+    """``run`` and its ancestors through ``wtag.init_from`` tags, oldest first."""
+    chain = [run]
+    while len(chain) < max_depth and chain[0].data.tags.get(Tag.INIT_FROM):
+        try:
+            chain.insert(0, _client().get_run(chain[0].data.tags[Tag.INIT_FROM]))
+        except Exception:  # an ancestor deleted from the server ends the chain, it does not fail training
+            break
+    return chain
+
+
 def mlflow_dataset(ds: PreparedDataset, split_name: str):
     """The split as an MLflow dataset (the high-level table, or the images for the images-only source),
     named and digested by the prepared dataset's content digest."""

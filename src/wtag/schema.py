@@ -150,6 +150,7 @@ class Tag:
     REUSED_RUN = "wtag.reused_run"
     ONNX_MAX_ABS_DIFF = "wtag.onnx_max_abs_diff"
     ONNX_FRAC_DIFF = "wtag.onnx_frac_diff"
+    INIT_FROM = "wtag.init_from"  # on a tagger run fine-tuned from another: the parent tagger run id
     STEP_PREFIX = "wtag.step."  # + step name, on the ``main`` run
     ONNX_SHA256 = "wtag.onnx_sha256"
     HOST = "wtag.host"  # where the process that owns a run lives, with its pid and start time: a run left

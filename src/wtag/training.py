@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,12 +132,45 @@ def training_plan(names: Sequence[str], config: TrainConfig, disco_lambdas: Sequ
     return plan
 
 
+def init_parent(config: TrainConfig, names: Sequence[str]) -> Any | None:
+    """The tagger run ``config.init_from`` names (None without one), checked against the requested taggers:
+    only Keras taggers start from a parent, and only from a model of the same tagger."""
+    if not config.init_from:
+        return None
+    from wtag.runs import init_from_run
+    from wtag.taggers.keras_common import KerasTagger
+
+    parent = init_from_run(config.init_from)
+    parent_tagger = parent.data.tags[Tag.TAGGER]
+    for name in names:
+        if not issubclass(tagger_class(name), KerasTagger):
+            raise WtagError(f"init_from: tagger '{name}' cannot start from a parent model (only Keras taggers can)")
+        if name != parent_tagger:
+            raise WtagError(f"init_from '{config.init_from}': run {parent.info.run_id} holds a '{parent_tagger}' "
+                            f"model, which cannot initialise tagger '{name}' (pass -P model={parent_tagger})")
+    return parent
+
+
+def _lineage_text(parent: Any) -> str:
+    from wtag.runs import lineage
+
+    def step(r: Any) -> str:
+        tags = r.data.tags
+        return (f"{tags.get(Tag.TAGGER, '?')} run {r.info.run_id} ({tags.get(Tag.SOURCE, '?')}, "
+                f"{r.data.params.get('n_train', '?')} training jets, dataset {tags.get(Tag.DATASET_DIGEST, '?')[:8]})")
+
+    steps = [step(r) for r in lineage(parent)]
+    return "; lineage: " + " -> ".join([*steps, "this run"])
+
+
 def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
-              baseline: TaggerResult | None) -> TaggerResult:
-    """Train, test and log one tagger in a nested run of the active parent run."""
+              baseline: TaggerResult | None, parent: Any | None = None) -> TaggerResult:
+    """Train, test and log one tagger in a nested run of the active parent run; with ``parent`` (a tagger run
+    of the same tagger, see ``init_parent``) training starts from that run's model."""
     import mlflow
 
     from wtag import metrics, plots
+    from wtag.runs import model_uri
     from wtag.tracking import tracked_run
 
     tagger: Tagger = build_tagger(name, config, ds.standardization)
@@ -149,6 +183,10 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
                    + (f", DisCo mass decorrelation lambda={config.disco_lambda:g}" if config.disco_lambda > 0 else ""))
     tags = {Tag.TAGGER: name, Tag.FAMILY: tagger.family, Tag.DATASET_DIGEST: ds.digest, Tag.SOURCE: ds.source,
             Tag.DECORRELATION: config.decorrelation}
+    if parent is not None:
+        tagger.start_from(model_uri(parent.info.run_id))
+        description += f", starting from the weights of run {parent.info.run_id}" + _lineage_text(parent)
+        tags[Tag.INIT_FROM] = parent.info.run_id
     label = candidate_label(name, config.decorrelation)
     with tracked_run(EntryPoint.TRAIN_TAGGER, _run_name(name, ds, config), description, params, nested=True,
                      tags=tags) as run:
@@ -247,6 +285,7 @@ def train(ds: PreparedDataset, model: str, config: TrainConfig, prepare_run_id: 
     names = runnable(resolve_models(model), ds)
     if "cut" in names:
         names = ["cut"] + [n for n in names if n != "cut"]
+    init_run = init_parent(config, names)
     plan = training_plan(names, config, disco_lambdas)
     params = {"model": model, "source": ds.source, "dataset_digest": ds.digest, **config.params(),
               "disco_lambda": scan_text(config, disco_lambdas)}
@@ -260,7 +299,7 @@ def train(ds: PreparedDataset, model: str, config: TrainConfig, prepare_run_id: 
         for split_name in ("train", "test"):
             log_dataset_input(ds, split_name)
         for name, tagger_config in plan:
-            result = train_one(name, ds, tagger_config, baseline)
+            result = train_one(name, ds, tagger_config, baseline, init_run)
             if name == "cut":
                 baseline = result
             results.append(result)

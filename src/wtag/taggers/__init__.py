@@ -21,6 +21,8 @@ REGISTRY: dict[str, str] = {
     "lstm": "wtag.taggers.recurrent:LSTMTagger",
     "bilstm": "wtag.taggers.recurrent:BiLSTMTagger",
     "pfn": "wtag.taggers.particle:PFNTagger",
+    "particlenet": "wtag.taggers.particlenet:ParticleNetTagger",
+    "part": "wtag.taggers.part:ParticleTransformerTagger",
 }
 TAGGER_NAMES = tuple(REGISTRY)
 

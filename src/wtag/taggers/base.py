@@ -31,12 +31,15 @@ class TrainConfig:
     disco_lambda: float = 0.0
     # Resamples of the test jets for the statistical uncertainty of every test metric (wtag.metrics.bootstrap).
     n_bootstrap: int = 200
+    # Start from the weights of this model instead of random ones: a tagger run id, or a runs:/ or models:/ URI
+    # of a model of the same tagger (Keras taggers only); "" trains from scratch.
+    init_from: str = ""
 
     def params(self) -> dict[str, object]:
         """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there)."""
         return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "patience": self.patience, "train_seed": self.seed, "disco_lambda": self.disco_lambda,
-                "n_bootstrap": self.n_bootstrap}
+                "n_bootstrap": self.n_bootstrap, "init_from": self.init_from}
 
     @property
     def decorrelation(self) -> str:

@@ -170,6 +170,7 @@ class KerasTagger(Tagger):
     def __init__(self, config: TrainConfig, standardization: Standardization) -> None:
         super().__init__(config, standardization)
         self._model: keras.Model | None = None
+        self._initial_weights_uri: str | None = None
 
     @abc.abstractmethod
     def build_network(self, raw: keras.KerasTensor) -> keras.KerasTensor:
@@ -207,12 +208,32 @@ class KerasTagger(Tagger):
         score = keras.ops.squeeze(prob, axis=-1)
         return train_model, keras.Model({self.input_name: raw}, score, name=self.name)
 
+    def start_from(self, model_uri: str) -> None:
+        """Make the next ``fit`` start from the weights of a model logged by this tagger class (fine-tuning).
+
+        Every weight is copied (BatchNorm statistics included); the standardization constants are this
+        tagger's, i.e. the new training set's, as they are part of the graph, not of its weights.
+        """
+        self._initial_weights_uri = model_uri
+
+    def _load_initial_weights(self, model: keras.Model) -> None:
+        uri = self._initial_weights_uri
+        parent = type(self).load_logged(uri, self.config, self.standardization).model
+        want = [tuple(w.shape) for w in model.weights]
+        have = [tuple(w.shape) for w in parent.weights]
+        if want != have:
+            raise WtagError(f"init_from {uri}: its weights ({len(have)} arrays) do not fit the architecture of "
+                            f"tagger '{self.name}' ({len(want)} arrays); it was logged by another version")
+        model.set_weights(parent.get_weights())
+
     def fit(self, train: Split, val: Split, on_epoch_end: EpochCallback | None = None) -> dict[str, list[float]]:
         _check_config(self.config)
         x, y, w = self._arrays(train, "training")
         xv, yv, wv = self._arrays(val, "validation")
         keras.utils.set_random_seed(self.config.seed)
         train_model, score_model = self._build()
+        if self._initial_weights_uri is not None:
+            self._load_initial_weights(score_model)
         disco = self.config.disco_lambda > 0
         loss = DiscoLoss(self.config.disco_lambda) if disco else keras.losses.BinaryCrossentropy()
         train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.config.learning_rate), loss=loss)
@@ -335,6 +356,18 @@ def dense_stack(x: keras.KerasTensor, units: Sequence[int], dropout: float, pref
         if dropout > 0:
             x = keras.layers.Dropout(dropout, name=f"{prefix}{i}_dropout")(x)
     return x
+
+
+def broadcast_add(x1: keras.KerasTensor, x2: keras.KerasTensor) -> keras.KerasTensor:
+    """``x1 + x2`` with NumPy broadcasting of BOTH operands.
+
+    Keras 3.15's TensorFlow ``add`` (also behind ``+``) becomes ``tf.nn.bias_add`` whenever ``x2`` squeezes to a
+    vector whose length equals ``x1``'s second or last dimension; that ignores any broadcasting of ``x1``
+    ((1, P, 1) + (1, 1, P) gives (1, P, 1)) and can add along the wrong axis ((N, P, k) + (N, 1, 1) with N == P
+    adds along P). It depends on the runtime batch size, so it slips past symbolic shape checks. A subtraction
+    has no such shortcut.
+    """
+    return keras.ops.subtract(x1, keras.ops.negative(x2))
 
 
 def sigmoid_output(x: keras.KerasTensor) -> keras.KerasTensor:
