@@ -20,7 +20,6 @@ import multiprocessing as mp
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from serving.settings import ServerSettings
 from wtag import schema
 from wtag.errors import exit_status
 from wtag.inference import DEVICES, create_session
+from wtag.tracking_server import free_port
 
 SIZES = (1, 100, 1_000, 10_000, 100_000)
 CONCURRENCY = (1, 4, 16)
@@ -84,12 +84,6 @@ def tutorial_dnn(seed: int = 7) -> onnx.ModelProto:
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.checker.check_model(model)
     return model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -17,10 +17,7 @@ and scanning the threshold above 0.5 tightens tau21 inside the window.
 from __future__ import annotations
 
 import dataclasses
-import json
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,11 +26,18 @@ from wtag import schema
 from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
 from wtag.taggers.base import EpochCallback, Tagger, TrainConfig
+from wtag.taggers.hl_params import (
+    ParamsPyfunc,
+    hl_graph,
+    load_params_pyfunc,
+    log_params_model,
+    read_logged_params,
+    scalar,
+)
 
 PARAMS_FILE = "cut_params.json"
 MSD_INDEX = schema.HL_FEATURES.index("jet_msd_ak7")
 TAU21_INDEX = schema.HL_FEATURES.index("jet_tau21_ak7")
-ONNX_OPSET = 13
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,66 +200,32 @@ class CutTagger(Tagger):
         return cut_scores(inputs[schema.INPUT_HL], self._fitted())
 
     def log_model(self, name: str, input_example: Mapping[str, np.ndarray]) -> Any:
-        """pyfunc model: ``data/cut_params.json`` plus this module as loader, the wtag source as code.
-
-        A loader module rather than a pickled ``PythonModel``: nothing but JSON is deserialized, and the
-        wtag source shipped under ``code/`` lets the model load where wtag is not installed.
-        ``mlflow.pyfunc.load_model(uri).predict`` takes the raw hl ndarray (N, 10) or a DataFrame whose
-        columns are HL_FEATURES in that order (MLflow's tensor signature turns it into the ndarray).
-        """
-        import mlflow
-        import pandas as pd
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
-
-        import wtag
-
+        """pyfunc model: ``data/cut_params.json`` plus this module as loader, the wtag source as code (no pickle)."""
         self.check_inputs(input_example)
-        params = self._fitted()
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(schema.HL_FEATURES)))]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
-        example = np.asarray(input_example[schema.INPUT_HL], dtype=np.float32)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / PARAMS_FILE
-            path.write_text(json.dumps({**params.to_dict(), "hl_features": list(schema.HL_FEATURES),
-                                        **self.hyperparameters()}, indent=2))
-            return mlflow.pyfunc.log_model(
-                name=name, loader_module=__name__, data_path=str(path), code_paths=[str(Path(wtag.__file__).parent)],
-                signature=signature, input_example=example,
-                pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}",
-                                  f"pandas=={pd.__version__}"])
+        stored = {**self._fitted().to_dict(), **self.hyperparameters()}
+        return log_params_model(name, stored, __name__, PARAMS_FILE, input_example)
 
     @classmethod
     def load_logged(cls, model_uri: str, config: TrainConfig, standardization: Standardization) -> CutTagger:
-        import mlflow
-
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-        path = local / "data" / PARAMS_FILE
-        if not path.is_file():
-            raise WtagError(f"{model_uri}: not a cut-tagger model (no data/{PARAMS_FILE})")
-        stored = json.loads(path.read_text())
-        tagger = cls(config, standardization, **{k: stored[k] for k in
-                                                  ("signal_efficiency", "mass_min", "mass_max", "mass_step",
-                                                   "tau21_bins") if k in stored})
+        stored = read_logged_params(model_uri, PARAMS_FILE, "cut-tagger")
+        settings = ("signal_efficiency", "mass_min", "mass_max", "mass_step", "tau21_bins")
+        tagger = cls(config, standardization, **{k: stored[k] for k in settings if k in stored})
         tagger.params = CutParams.from_dict(stored)
         return tagger
 
     def to_onnx(self) -> Any:
         """The same piecewise score as ``cut_scores`` in float32 ONNX ops (opset 13)."""
-        from onnx import TensorProto, helper
+        from onnx import helper
 
         p = self._fitted()
         tight_slope, loose_slope = p.slopes()
 
-        def const(name: str, value: float | int, dtype: int = TensorProto.FLOAT) -> Any:
-            return helper.make_tensor(name, dtype, [], [value])
 
         initializers = [
-            const("msd_index", p.msd_index, TensorProto.INT64), const("tau21_index", p.tau21_index, TensorProto.INT64),
-            const("zero", 0.0), const("one", 1.0), const("half", 0.5), const("quarter", 0.25),
-            const("m_lo", p.m_lo), const("m_hi", p.m_hi), const("cut", p.tau21_cut),
-            const("tight_slope", tight_slope), const("loose_slope", loose_slope),
+            scalar("msd_index", p.msd_index, integer=True), scalar("tau21_index", p.tau21_index, integer=True),
+            scalar("zero", 0.0), scalar("one", 1.0), scalar("half", 0.5), scalar("quarter", 0.25),
+            scalar("m_lo", p.m_lo), scalar("m_hi", p.m_hi), scalar("cut", p.tau21_cut),
+            scalar("tight_slope", tight_slope), scalar("loose_slope", loose_slope),
         ]
         nodes = [
             helper.make_node("Gather", ["hl", "msd_index"], ["msd"], axis=1),
@@ -275,33 +245,9 @@ class CutTagger(Tagger):
             helper.make_node("Where", ["tight", "tight_score", "loose_score"], ["inside_score"]),
             helper.make_node("Where", ["in_window", "inside_score", "outside_score"], [schema.OUTPUT_SCORE]),
         ]
-        graph = helper.make_graph(
-            nodes, "wtag_cut",
-            [helper.make_tensor_value_info(schema.INPUT_HL, TensorProto.FLOAT, ["N", len(schema.HL_FEATURES)])],
-            [helper.make_tensor_value_info(schema.OUTPUT_SCORE, TensorProto.FLOAT, ["N"])],
-            initializer=initializers)
-        model = helper.make_model(graph, producer_name="wtag", opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
-        model.ir_version = 8
-        return model
+        return hl_graph(nodes, initializers, "wtag_cut")
 
 
-class _CutPyfunc:
-    """What ``mlflow.pyfunc.load_model`` wraps: scores raw hl arrays with the stored parameters."""
-
-    def __init__(self, params: CutParams) -> None:
-        self.params = params
-
-    def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> np.ndarray:
-        hl = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
-        if hl.ndim != 2 or hl.shape[1] != len(schema.HL_FEATURES):
-            raise WtagError(f"cut model: input has shape {hl.shape}, expected (N, {len(schema.HL_FEATURES)})")
-        return cut_scores(hl, self.params).astype(np.float32)
-
-
-def _load_pyfunc(data_path: str) -> _CutPyfunc:
+def _load_pyfunc(data_path: str) -> ParamsPyfunc:
     """MLflow's loader-module entry point: ``data_path`` is the logged ``cut_params.json``."""
-    try:
-        stored = json.loads(Path(data_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise WtagError(f"{data_path}: unreadable cut-tagger parameters ({exc})") from None
-    return _CutPyfunc(CutParams.from_dict(stored))
+    return load_params_pyfunc(data_path, CutParams.from_dict, cut_scores, "cut-tagger")

@@ -36,9 +36,7 @@ small ONNX graph, like the cut tagger.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,14 @@ from wtag import schema
 from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
 from wtag.taggers.base import EpochCallback, Tagger, TrainConfig
+from wtag.taggers.hl_params import (
+    ParamsPyfunc,
+    hl_graph,
+    load_params_pyfunc,
+    log_params_model,
+    read_logged_params,
+    scalar,
+)
 
 PARAMS_FILE = "ddt_params.json"
 MSD_INDEX = schema.HL_FEATURES.index("jet_msd_ak7")
@@ -56,7 +62,6 @@ PT_INDEX = schema.HL_FEATURES.index("jet_pt_ak7")
 TAU21_INDEX = schema.HL_FEATURES.index("jet_tau21_ak7")
 MSD_FLOOR_GEV = 1.0
 PT_FLOOR_GEV = 1.0
-ONNX_OPSET = 13
 DEFAULT_RHO_MIN = 0.0
 DEFAULT_RHO_MAX = 3.5
 DEFAULT_BIN_WIDTH = 0.25
@@ -241,59 +246,31 @@ class DDTTagger(Tagger):
 
     def log_model(self, name: str, input_example: Mapping[str, np.ndarray]) -> Any:
         """pyfunc model: ``data/ddt_params.json`` plus this module as loader, the wtag source as code (no pickle)."""
-        import mlflow
-        import pandas as pd
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
-
-        import wtag
-
         self.check_inputs(input_example)
-        params = self._fitted()
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(schema.HL_FEATURES)))]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
-        example = np.asarray(input_example[schema.INPUT_HL], dtype=np.float32)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / PARAMS_FILE
-            path.write_text(json.dumps({**params.to_dict(), "hl_features": list(schema.HL_FEATURES),
-                                        "rho_min": self.rho_min, "rho_max": self.rho_max,
-                                        "bin_width": self.bin_width}, indent=2))
-            return mlflow.pyfunc.log_model(
-                name=name, loader_module=__name__, data_path=str(path), code_paths=[str(Path(wtag.__file__).parent)],
-                signature=signature, input_example=example,
-                pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}",
-                                  f"pandas=={pd.__version__}"])
+        return log_params_model(name, {**self._fitted().to_dict(), "rho_min": self.rho_min, "rho_max": self.rho_max,
+                                       "bin_width": self.bin_width}, __name__, PARAMS_FILE, input_example)
 
     @classmethod
     def load_logged(cls, model_uri: str, config: TrainConfig, standardization: Standardization) -> DDTTagger:
-        import mlflow
-
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-        path = local / "data" / PARAMS_FILE
-        if not path.is_file():
-            raise WtagError(f"{model_uri}: not a ddt-tagger model (no data/{PARAMS_FILE})")
-        stored = json.loads(path.read_text())
-        tagger = cls(config, standardization, **{k: stored[k] for k in ("rho_min", "rho_max", "bin_width")
-                                                  if k in stored})
+        stored = read_logged_params(model_uri, PARAMS_FILE, "ddt-tagger")
+        settings = ("rho_min", "rho_max", "bin_width")
+        tagger = cls(config, standardization, **{k: stored[k] for k in settings if k in stored})
         tagger.params = DDTParams.from_dict(stored)
         return tagger
 
     def to_onnx(self) -> Any:
         """``ddt_scores`` in float32 ONNX ops (opset 13): Gather, Max, Log, Mul, Sub, Clip, Div, Sigmoid."""
-        from onnx import TensorProto, helper
+        from onnx import helper
 
         p = self._fitted()
 
-        def const(name: str, value: float | int, dtype: int = TensorProto.FLOAT) -> Any:
-            return helper.make_tensor(name, dtype, [], [value])
 
         initializers = [
-            const("msd_index", p.msd_index, TensorProto.INT64), const("pt_index", p.pt_index, TensorProto.INT64),
-            const("tau21_index", p.tau21_index, TensorProto.INT64), const("msd_floor", MSD_FLOOR_GEV),
-            const("pt_floor", PT_FLOOR_GEV), const("two", 2.0), const("slope", p.slope),
-            const("centre", p.centre), const("scale", p.scale), const("rho_min", p.rho_min),
-            const("rho_max", p.rho_max),
+            scalar("msd_index", p.msd_index, integer=True), scalar("pt_index", p.pt_index, integer=True),
+            scalar("tau21_index", p.tau21_index, integer=True), scalar("msd_floor", MSD_FLOOR_GEV),
+            scalar("pt_floor", PT_FLOOR_GEV), scalar("two", 2.0), scalar("slope", p.slope),
+            scalar("centre", p.centre), scalar("scale", p.scale), scalar("rho_min", p.rho_min),
+            scalar("rho_max", p.rho_max),
         ]
         nodes = [
             helper.make_node("Gather", ["hl", "msd_index"], ["msd"], axis=1),
@@ -312,33 +289,9 @@ class DDTTagger(Tagger):
             helper.make_node("Div", ["below", "scale"], ["logit"]),
             helper.make_node("Sigmoid", ["logit"], [schema.OUTPUT_SCORE]),
         ]
-        graph = helper.make_graph(
-            nodes, "wtag_ddt",
-            [helper.make_tensor_value_info(schema.INPUT_HL, TensorProto.FLOAT, ["N", len(schema.HL_FEATURES)])],
-            [helper.make_tensor_value_info(schema.OUTPUT_SCORE, TensorProto.FLOAT, ["N"])],
-            initializer=initializers)
-        model = helper.make_model(graph, producer_name="wtag", opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
-        model.ir_version = 8
-        return model
+        return hl_graph(nodes, initializers, "wtag_ddt")
 
 
-class _DDTPyfunc:
-    """What ``mlflow.pyfunc.load_model`` wraps: scores raw hl arrays with the stored parameters."""
-
-    def __init__(self, params: DDTParams) -> None:
-        self.params = params
-
-    def predict(self, model_input: Any, params: Mapping[str, Any] | None = None) -> np.ndarray:
-        hl = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
-        if hl.ndim != 2 or hl.shape[1] != len(schema.HL_FEATURES):
-            raise WtagError(f"ddt model: input has shape {hl.shape}, expected (N, {len(schema.HL_FEATURES)})")
-        return ddt_scores(hl, self.params).astype(np.float32)
-
-
-def _load_pyfunc(data_path: str) -> _DDTPyfunc:
+def _load_pyfunc(data_path: str) -> ParamsPyfunc:
     """MLflow's loader-module entry point: ``data_path`` is the logged ``ddt_params.json``."""
-    try:
-        stored = json.loads(Path(data_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise WtagError(f"{data_path}: unreadable ddt-tagger parameters ({exc})") from None
-    return _DDTPyfunc(DDTParams.from_dict(stored))
+    return load_params_pyfunc(data_path, DDTParams.from_dict, ddt_scores, "ddt-tagger")
