@@ -86,13 +86,13 @@ def test_prepared_key_follows_input_content_and_code_not_paths(tmp_path):
 
     a = tmp_path / "a.npy"
     a.write_bytes(b"first content")
-    config = PrepareConfig(source="cms-ntuple", inputs=(str(a),), n_jets=0)
+    config = PrepareConfig(source="cms-ntuple", inputs=(str(a),), max_jets=0)
     key = prepared_key(config, tmp_path)
     assert prepared_key(config, tmp_path) == key
     b = tmp_path / "elsewhere" / "b.npy"
     b.parent.mkdir()
     b.write_bytes(b"first content")
-    assert prepared_key(PrepareConfig(source="cms-ntuple", inputs=(str(b),), n_jets=0), tmp_path) == key
+    assert prepared_key(PrepareConfig(source="cms-ntuple", inputs=(str(b),), max_jets=0), tmp_path) == key
     a.write_bytes(b"edited content")  # same path, same size class, new content
     assert prepared_key(config, tmp_path) != key
     digests = ["0" * 64]

@@ -267,40 +267,24 @@ def test_mlproject_score_entry_point_finishes_and_skips_on_rerun(model_path: Pat
 @pytest.mark.slow
 def test_scores_equal_the_servers_score_jets_route_for_the_same_jets(model_path: Path, shared_data: Path,
                                                                      tmp_path: Path) -> None:
-    import time
+    import importlib.util
 
     import httpx
+    from onnx_models import serve
 
-    from serving.demo import jet_requests
     from serving.settings import TOKEN_ENV
-    from wtag.tracking_server import free_port
 
+    # the demo client's request builder: the /v1/score-jets form users send
+    spec = importlib.util.spec_from_file_location("score_demo", REPO / "examples" / "score_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
     files = [shared_data / name for name in REAL_FILES]
     score_in_process(model_path, files, tmp_path / "out")
     scored = np.concatenate([read_scores(tmp_path / "out" / f"{Path(n).stem}.scores.root")["score"]
                              for n in REAL_FILES])
     jets = read_cms_ntuple(files)
-    port = free_port()
-    env = {**os.environ, TOKEN_ENV: "",
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "serving", "--model", str(model_path), "--port", str(port)],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server not ready"
-            time.sleep(0.2)
-        response = httpx.post(f"{url}/v1/score-jets", json={"jets": jet_requests(jets)}, timeout=120)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with serve(model_path, tmp_path / "server.log", env={TOKEN_ENV: None}) as server:
+        response = httpx.post(f"{server.url}/v1/score-jets", json={"jets": demo.jet_requests(jets)}, timeout=120)
     assert response.status_code == 200, response.text[:500]
     served = np.asarray(response.json()["scores"], dtype=np.float32)
     assert len(served) == len(scored) == 773

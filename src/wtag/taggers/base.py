@@ -36,10 +36,14 @@ class TrainConfig:
     init_from: str = ""
 
     def params(self) -> dict[str, object]:
-        """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there)."""
+        """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there).
+
+        ``init_from`` only when set: ``mlflow run`` logs an empty MLproject parameter as the two characters
+        ``''``, which would never match a run started in-process, so finished runs would not be reused.
+        """
         return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "patience": self.patience, "train_seed": self.seed, "disco_lambda": self.disco_lambda,
-                "n_bootstrap": self.n_bootstrap, "init_from": self.init_from}
+                "n_bootstrap": self.n_bootstrap, **({"init_from": self.init_from} if self.init_from else {})}
 
     @property
     def decorrelation(self) -> str:
