@@ -16,7 +16,7 @@ from wtag import schema
 from wtag.errors import exit_status
 from wtag.evaluation import CHAMPION_METRICS, DEFAULT_MAX_SCULPTING, DEFAULT_METRIC
 from wtag.inference import DEVICES
-from wtag.prepare import DEFAULT_DATA_DIR, SOURCES, PrepareConfig
+from wtag.prepare import DEFAULT_DATA_DIR, SAMPLES, SOURCES, PrepareConfig
 from wtag.scoring import ScoreConfig
 from wtag.taggers.base import TrainConfig
 from wtag.tracking import DEFAULT_EXPERIMENT, tracking_uri_from_env
@@ -95,8 +95,11 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     d = PrepareConfig
     p.add_argument("--source", default=d.source, choices=SOURCES,
                    help="pythia: embedded Pythia 8 + FastJet simulation; cms-ntuple / cms-images: real files")
+    p.add_argument("--sample", default=d.sample, choices=tuple(SAMPLES),
+                   help="simulated sample shape: 'default' (n_jets per class, 60/20/20 split) or 'benchmark' "
+                        "(35k W + 70k QCD, test 5,250 W + 42,000 QCD, train 50,750)")
     p.add_argument("--n-jets", type=_n_jets, default="auto",
-                   help=f"jets per class to simulate (pythia); 'auto': {d.n_jets}")
+                   help=f"jets per class to simulate (pythia, sample=default); 'auto': {d.n_jets}")
     p.add_argument("--max-jets", type=_int, default=d.max_jets,
                    help="cap on the total number of jets taken from imported files (0: all)")
     p.add_argument("--seed", type=_int, default=d.seed, help="seed of generation and of the train/val/test split")
@@ -153,7 +156,7 @@ def _add_metric_arg(p: argparse.ArgumentParser) -> None:
 def _prepare_config(args: argparse.Namespace) -> PrepareConfig:
     inputs = tuple(s.strip() for s in args.input.split(",") if s.strip())
     sample = {} if args.n_jets is None else {"n_jets": args.n_jets}
-    return PrepareConfig(source=args.source, max_jets=args.max_jets, seed=args.seed, inputs=inputs,
+    return PrepareConfig(source=args.source, sample=args.sample, max_jets=args.max_jets, seed=args.seed, inputs=inputs,
                          signal=args.signal, pileup=args.pileup, **sample)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -189,22 +189,40 @@ def load_prepared(root: str | Path) -> PreparedDataset:
     return PreparedDataset(root=root, manifest=manifest, standardization=standardization, **splits)
 
 
-def stratified_split(label: np.ndarray, seed: int, val_fraction: float = 0.2,
-                     test_fraction: float = 0.2) -> dict[str, np.ndarray]:
-    """Index arrays for train/val/test with the same class balance in each (seeded, reproducible)."""
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise WtagError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) "
-                        "and sum to less than 1")
+def stratified_split(label: np.ndarray, seed: int, val_fraction: float | Sequence[float] = 0.2,
+                     test_fraction: float | Sequence[float] = 0.2) -> dict[str, np.ndarray]:
+    """Index arrays for train/val/test, split within each class (seeded, reproducible).
+
+    A fraction is one number for every class (the class balance is the same in each split) or one per label
+    (0 = QCD, 1 = W): rejection is counted in QCD jets, so a benchmark test split takes a larger share of QCD.
+    """
+    classes = np.unique(label)
+    val = _per_class(val_fraction, classes)
+    test = _per_class(test_fraction, classes)
+    for cls in classes:
+        v, t = val[cls], test[cls]
+        if not (0 < v < 1 and 0 < t < 1 and v + t < 1):
+            raise WtagError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) "
+                            "and sum to less than 1")
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
-    for cls in np.unique(label):
+    for cls in classes:
         idx = rng.permutation(np.flatnonzero(label == cls))
-        n_test = int(round(test_fraction * len(idx)))
-        n_val = int(round(val_fraction * len(idx)))
+        n_test = int(round(test[cls] * len(idx)))
+        n_val = int(round(val[cls] * len(idx)))
         parts["test"].append(idx[:n_test])
         parts["val"].append(idx[n_test:n_test + n_val])
         parts["train"].append(idx[n_test + n_val:])
     return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
+
+
+def _per_class(fraction: float | Sequence[float], classes: np.ndarray) -> dict[int, float]:
+    if isinstance(fraction, (int, float, np.floating)):
+        return {int(c): float(fraction) for c in classes}
+    fractions = [float(f) for f in fraction]
+    if any(int(c) < 0 or int(c) >= len(fractions) for c in classes):
+        raise WtagError(f"per-class fractions {fractions} do not cover labels {sorted(int(c) for c in classes)}")
+    return {int(c): fractions[int(c)] for c in classes}
 
 
 def flat_pt_weights(pt: np.ndarray, label: np.ndarray, base_weight: np.ndarray | None = None,

@@ -33,6 +33,36 @@ from wtag.errors import WtagError
 SOURCES = ("pythia", "cms-ntuple", "cms-images")
 SIGNAL_PROCESSES = schema.SIGNAL_PROCESSES
 DEFAULT_DATA_DIR = Path("data")
+DEFAULT_SAMPLE = "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleShape:
+    """A named simulated sample: W and QCD jets to generate and each class's test and validation share.
+
+    Rejection at 50% efficiency is counted in the QCD jets that pass, and QCD simulates twice as fast as W
+    jets, so a quotable sample puts extra QCD into the test split instead of balancing the classes there.
+    Fractions are indexed by label (0 = QCD, 1 = W).
+    """
+
+    n_signal: int
+    n_qcd: int
+    test_fraction: tuple[float, float]
+    val_fraction: tuple[float, float]
+
+    def split_sizes(self) -> dict[str, tuple[int, int]]:
+        """(QCD, W) jets per split, as stratified_split rounds them (before the kinematic selection)."""
+        n = (self.n_qcd, self.n_signal)
+        test = tuple(int(round(f * k)) for f, k in zip(self.test_fraction, n))
+        val = tuple(int(round(f * k)) for f, k in zip(self.val_fraction, n))
+        return {"test": test, "val": val, "train": tuple(k - t - v for k, t, v in zip(n, test, val))}
+
+
+# ``benchmark``: test 42,000 QCD + 5,250 W (r50 near 100 then rests on ~420 QCD jets, +-5%), train 50,750.
+SAMPLES: dict[str, SampleShape | None] = {
+    DEFAULT_SAMPLE: None,
+    "benchmark": SampleShape(n_signal=35_000, n_qcd=70_000, test_fraction=(0.6, 0.15), val_fraction=(0.05, 0.10)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +71,13 @@ class PrepareConfig:
 
     ``n_jets`` is the number of jets per class the simulation generates (sized so that ``train -P model=all``
     fits 30 minutes on 2 cores); ``max_jets`` caps the total taken from imported files (0: all jets).
-    ``pileup`` None means the generator's tuned default. These defaults are the only ones: the CLI reads them.
+    ``pileup`` None means the generator's tuned default. ``sample`` names a :class:`SampleShape` preset
+    (``benchmark``) that sets the jets per class and the split fractions instead. These defaults are the only
+    ones: the CLI reads them.
     """
 
     source: str = "pythia"
+    sample: str = DEFAULT_SAMPLE
     n_jets: int = 6000
     max_jets: int = 0
     seed: int = 1
@@ -69,20 +102,55 @@ class PrepareConfig:
             raise WtagError(f"source '{self.source}' needs input files (-P input=PATH[,PATH...])")
         if self.pileup is not None and self.pileup < 0:
             raise WtagError(f"pileup={self.pileup} must be >= 0")
+        if self.sample not in SAMPLES:
+            raise WtagError(f"unknown sample '{self.sample}' (known: {', '.join(SAMPLES)})")
+        if self.shape is not None:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            if self.source != "pythia":
+                raise WtagError(f"sample={self.sample} is a simulated sample: it needs source=pythia")
+            changed = [k for k in ("n_jets", "val_fraction", "test_fraction") if getattr(self, k) != defaults[k]]
+            if changed:
+                raise WtagError(f"sample={self.sample} sets {', '.join(changed)} itself; leave "
+                                f"{'it' if len(changed) == 1 else 'them'} at the default")
+
+    @property
+    def shape(self) -> SampleShape | None:
+        return SAMPLES[self.sample]
+
+    def jets_to_generate(self) -> dict[str, int]:
+        """Jets to simulate per process (signal first)."""
+        if self.shape is None:
+            return {self.signal: self.n_jets, "qcd": self.n_jets}
+        return {self.signal: self.shape.n_signal, "qcd": self.shape.n_qcd}
+
+    def split_fractions(self) -> tuple[float | tuple[float, float], float | tuple[float, float]]:
+        """(val, test) fractions for :func:`wtag.dataset.stratified_split`: one number, or one per label."""
+        if self.shape is None:
+            return self.val_fraction, self.test_fraction
+        return self.shape.val_fraction, self.shape.test_fraction
 
     def sample_size(self) -> str:
-        """How many jets, in the words of the source: per class simulated, or the cap on imported jets."""
+        """How many jets, in the words of the source: the preset, per class simulated, or the import cap."""
+        if self.shape is not None:
+            return self.sample
         if self.source == "pythia":
             return f"n_jets={self.n_jets}"
         return f"max_jets={self.max_jets or 'all'}"
 
     def params(self) -> dict[str, object]:
         """Parameters as logged to MLflow; also what the reuse key hashes."""
-        sample = {"n_jets": self.n_jets} if self.source == "pythia" else {"max_jets": self.max_jets}
+        val, test = self.split_fractions()
+        if self.source == "pythia":
+            n = self.jets_to_generate()
+            sample: dict[str, object] = {"sample": self.sample, "n_jets": n[self.signal]}
+            if self.shape is not None:
+                sample["n_jets_qcd"] = n["qcd"]
+        else:
+            sample = {"max_jets": self.max_jets}
         return {"source": self.source, **sample, "seed": self.seed,
                 "input": ",".join(self.inputs), "signal": self.signal,
                 "pileup": "default" if self.pileup is None else self.pileup,
-                "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+                "val_fraction": _fraction_text(val), "test_fraction": _fraction_text(test)}
 
     def key(self, input_digests: Sequence[str] = (), code: str | None = None) -> str:
         """The prepared dataset's folder name: a digest of the parameters (without the input names), the
@@ -94,6 +162,13 @@ class PrepareConfig:
         blob = json.dumps({**params, "input_sha256": list(input_digests), "code": code or prepare_code_version()},
                           sort_keys=True)
         return f"{self.source}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def _fraction_text(fraction: float | tuple[float, float]) -> float | str:
+    """A split fraction as logged: the number, or ``qcd:F,w:F`` when the classes differ."""
+    if isinstance(fraction, tuple):
+        return f"qcd:{fraction[0]:g},w:{fraction[1]:g}"
+    return fraction
 
 
 # The code a prepared dataset depends on: sources (generation, import), features, splitting and weighting.
@@ -125,11 +200,11 @@ def _generate(config: PrepareConfig, data_dir: Path, workers: int, progress: boo
 
     parts = []
     info: dict[str, object] = {}
-    for process in (config.signal, "qcd"):
+    for process, n_jets in config.jets_to_generate().items():
         kwargs = {} if config.pileup is None else {"pileup": config.pileup}
         mu = "default" if config.pileup is None else f"{config.pileup:g}"
-        out = data_dir / "generated" / f"{process}_n{config.n_jets}_seed{config.seed}_mu{mu}"
-        files = pythia.generate(process=process, n_jets=config.n_jets, seed=config.seed, output=out,
+        out = data_dir / "generated" / f"{process}_n{n_jets}_seed{config.seed}_mu{mu}"
+        files = pythia.generate(process=process, n_jets=n_jets, seed=config.seed, output=out,
                                 workers=workers, progress=progress, scheduler=scheduler, **kwargs)
         from wtag.jets import read_jets
 
@@ -213,7 +288,8 @@ def _cap_per_class(jets: ak.Array, label: np.ndarray, config: PrepareConfig) -> 
 
 def _split_arrays(label: np.ndarray, pt: np.ndarray, msd: np.ndarray, inputs: dict[str, np.ndarray],
                   config: PrepareConfig) -> dict[str, Split]:
-    index = stratified_split(label, config.seed, config.val_fraction, config.test_fraction)
+    val_fraction, test_fraction = config.split_fractions()
+    index = stratified_split(label, config.seed, val_fraction, test_fraction)
     splits = {}
     for name in SPLITS:
         i = index[name]
