@@ -18,6 +18,10 @@ from wtag.tracking import configure
     ({"pileup": -1.0}, "pileup=-1.0"),
     ({"source": "pythia", "max_jets": 5}, "max_jets=5 caps imported files"),
     ({"source": "cms-images", "inputs": ("x.h5",), "max_jets": -1}, "max_jets=-1 must be >= 0"),
+    ({"sample": "huge"}, "unknown sample 'huge' .known: default, benchmark"),
+    ({"sample": "benchmark", "n_jets": 10}, "sample=benchmark sets n_jets itself"),
+    ({"test_fraction": 0.3}, "sample=default sets test_fraction itself"),
+    ({"source": "cms-images", "inputs": ("x.h5",), "sample": "benchmark"}, "needs source=pythia"),
 ])
 def test_bad_parameters_are_named(kwargs, needle):
     with pytest.raises(WtagError, match=needle):
@@ -27,9 +31,36 @@ def test_bad_parameters_are_named(kwargs, needle):
 def test_key_depends_on_every_parameter():
     base = PrepareConfig()
     others = [PrepareConfig(seed=2), PrepareConfig(n_jets=7), PrepareConfig(pileup=3.0), PrepareConfig(signal="wjets"),
-              PrepareConfig(val_fraction=0.1)]
+              PrepareConfig(sample="benchmark")]
     assert len({base.key(), *(o.key() for o in others)}) == 1 + len(others)
     assert base.key() == PrepareConfig().key()
+    imported = PrepareConfig(source="cms-ntuple", inputs=("a.npy",))
+    assert imported.key(["0"]) != PrepareConfig(source="cms-ntuple", inputs=("a.npy",), val_fraction=0.1).key(["0"])
+
+
+def test_sample_shapes_put_the_extra_qcd_into_the_test_split():
+    """The benchmark preset holds the sizes the physics needs; the default keeps train/val balanced."""
+    bench = PrepareConfig(sample="benchmark")
+    assert bench.jets_to_generate() == {"ttbar": 35_000, "qcd": 70_000}
+    sizes = bench.shape.split_sizes(35_000)
+    assert sizes["test"][0] >= 40_000 and sizes["test"][1] >= 5_000 and sum(sizes["train"]) >= 50_000
+    assert bench.sample_size() == "benchmark" and bench.params()["test_fraction"] == "qcd:0.6,w:0.15"
+    default = PrepareConfig(n_jets=100, signal="wjets")
+    assert default.jets_to_generate() == {"wjets": 100, "qcd": 200}
+    sizes = default.shape.split_sizes(100)
+    assert sizes == {"test": (120, 20), "val": (20, 20), "train": (60, 60)}
+
+
+def test_stratified_split_sizes_match_the_shape():
+    """stratified_split with the benchmark's per-class fractions makes exactly the planned splits."""
+    from wtag.dataset import stratified_split
+
+    shape = PrepareConfig(sample="benchmark").shape
+    label = np.r_[np.zeros(70_000, np.int32), np.ones(35_000, np.int32)]
+    index = stratified_split(label, 1, shape.val_fraction, shape.test_fraction)
+    for name, (n_qcd, n_w) in shape.split_sizes(35_000).items():
+        assert (label[index[name]] == 0).sum() == n_qcd and (label[index[name]] == 1).sum() == n_w
+    assert len(np.unique(np.concatenate(list(index.values())))) == len(label)
 
 
 def test_cms_images_prepare_is_stratified_deterministic_and_reused(shared_data, tmp_path):

@@ -68,7 +68,7 @@ def _positive_int(text: str) -> int:
 
 
 def _n_jets(text: str) -> int | None:
-    """Jets per class to simulate; ``auto`` (MLproject's default) means PrepareConfig's default."""
+    """W jets to simulate; ``auto`` (MLproject's default) means PrepareConfig's default."""
     if text == "auto":
         return None
     try:
@@ -96,10 +96,10 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default=d.source, choices=SOURCES,
                    help="pythia: embedded Pythia 8 + FastJet simulation; cms-ntuple / cms-images: real files")
     p.add_argument("--sample", default=d.sample, choices=tuple(SAMPLES),
-                   help="simulated sample shape: 'default' (n_jets per class, 60/20/20 split) or 'benchmark' "
-                        "(35k W + 70k QCD, test 5,250 W + 42,000 QCD, train 50,750)")
+                   help="simulated sample: 'default' (n_jets W + 2 n_jets QCD, the extra QCD in the test split) or "
+                        "'benchmark' (35k W + 70k QCD; test 5,250 W + 42,000 QCD, train 50,750)")
     p.add_argument("--n-jets", type=_n_jets, default="auto",
-                   help=f"jets per class to simulate (pythia, sample=default); 'auto': {d.n_jets}")
+                   help=f"W jets to simulate (pythia, sample=default; QCD: twice as many); 'auto': {d.n_jets}")
     p.add_argument("--max-jets", type=_int, default=d.max_jets,
                    help="cap on the total number of jets taken from imported files (0: all)")
     p.add_argument("--seed", type=_int, default=d.seed, help="seed of generation and of the train/val/test split")

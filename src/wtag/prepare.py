@@ -38,30 +38,34 @@ DEFAULT_SAMPLE = "default"
 
 @dataclasses.dataclass(frozen=True)
 class SampleShape:
-    """A named simulated sample: W and QCD jets to generate and each class's test and validation share.
+    """A simulated sample's shape: W jets to generate (None: ``n_jets``), QCD jets per W jet, and each class's
+    test and validation share (indexed by label: 0 = QCD, 1 = W).
 
-    Rejection at 50% efficiency is counted in the QCD jets that pass, and QCD simulates twice as fast as W
-    jets, so a quotable sample puts extra QCD into the test split instead of balancing the classes there.
-    Fractions are indexed by label (0 = QCD, 1 = W).
+    Rejection at 50% efficiency and the mass-sculpting JSD are counted in the QCD jets that pass the cut, and
+    QCD simulates twice as fast as W jets, so the extra QCD goes into the test split; train and validation
+    stay balanced.
     """
 
-    n_signal: int
-    n_qcd: int
+    n_signal: int | None
+    qcd_per_signal: int
     test_fraction: tuple[float, float]
     val_fraction: tuple[float, float]
 
-    def split_sizes(self) -> dict[str, tuple[int, int]]:
+    def split_sizes(self, n_signal: int) -> dict[str, tuple[int, int]]:
         """(QCD, W) jets per split, as stratified_split rounds them (before the kinematic selection)."""
-        n = (self.n_qcd, self.n_signal)
+        n = (self.qcd_per_signal * n_signal, n_signal)
         test = tuple(int(round(f * k)) for f, k in zip(self.test_fraction, n))
         val = tuple(int(round(f * k)) for f, k in zip(self.val_fraction, n))
         return {"test": test, "val": val, "train": tuple(k - t - v for k, t, v in zip(n, test, val))}
 
 
-# ``benchmark``: test 42,000 QCD + 5,250 W (r50 near 100 then rests on ~420 QCD jets, +-5%), train 50,750.
-SAMPLES: dict[str, SampleShape | None] = {
-    DEFAULT_SAMPLE: None,
-    "benchmark": SampleShape(n_signal=35_000, n_qcd=70_000, test_fraction=(0.6, 0.15), val_fraction=(0.05, 0.10)),
+# default, n_jets = 6000: train 3,600 + 3,600, val 1,200 + 1,200, test 1,200 W + 7,200 QCD.
+# benchmark: train 26,250 W + 24,500 QCD = 50,750; test 5,250 W + 42,000 QCD (r50 near 100 then rests on about
+# 420 passing QCD jets, +-5%).
+SAMPLES: dict[str, SampleShape] = {
+    DEFAULT_SAMPLE: SampleShape(n_signal=None, qcd_per_signal=2, test_fraction=(0.6, 0.2), val_fraction=(0.1, 0.2)),
+    "benchmark": SampleShape(n_signal=35_000, qcd_per_signal=2, test_fraction=(0.6, 0.15),
+                             val_fraction=(0.05, 0.10)),
 }
 
 
@@ -69,11 +73,11 @@ SAMPLES: dict[str, SampleShape | None] = {
 class PrepareConfig:
     """Everything that defines a prepared dataset (the MLproject ``prepare`` parameters).
 
-    ``n_jets`` is the number of jets per class the simulation generates (sized so that ``train -P model=all``
-    fits 30 minutes on 2 cores); ``max_jets`` caps the total taken from imported files (0: all jets).
-    ``pileup`` None means the generator's tuned default. ``sample`` names a :class:`SampleShape` preset
-    (``benchmark``) that sets the jets per class and the split fractions instead. These defaults are the only
-    ones: the CLI reads them.
+    ``sample`` names the simulated sample's :class:`SampleShape`: ``default`` simulates ``n_jets`` W jets and
+    twice as many QCD jets (sized so that ``make demo`` fits 25 minutes on 2 cores); ``benchmark`` fixes its own
+    sizes. ``val_fraction`` / ``test_fraction`` split imported files (the shape splits simulated ones), and
+    ``max_jets`` caps the jets taken from them (0: all). ``pileup`` None means the generator's tuned default.
+    These defaults are the only ones: the CLI reads them.
     """
 
     source: str = "pythia"
@@ -93,48 +97,47 @@ class PrepareConfig:
         if self.signal not in SIGNAL_PROCESSES:
             raise WtagError(f"unknown signal process '{self.signal}' (known: {', '.join(SIGNAL_PROCESSES)})")
         if self.n_jets <= 0:
-            raise WtagError(f"n_jets={self.n_jets} must be positive (jets per class to simulate)")
+            raise WtagError(f"n_jets={self.n_jets} must be positive (W jets to simulate)")
         if self.max_jets < 0:
             raise WtagError(f"max_jets={self.max_jets} must be >= 0 (0 = all imported jets)")
         if self.source == "pythia" and self.max_jets:
-            raise WtagError(f"max_jets={self.max_jets} caps imported files; the simulation takes n_jets per class")
+            raise WtagError(f"max_jets={self.max_jets} caps imported files; the simulation takes n_jets or a sample")
         if self.source != "pythia" and not self.inputs:
             raise WtagError(f"source '{self.source}' needs input files (-P input=PATH[,PATH...])")
         if self.pileup is not None and self.pileup < 0:
             raise WtagError(f"pileup={self.pileup} must be >= 0")
         if self.sample not in SAMPLES:
             raise WtagError(f"unknown sample '{self.sample}' (known: {', '.join(SAMPLES)})")
-        if self.shape is not None:
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            if self.source != "pythia":
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if self.source != "pythia":
+            if self.sample != defaults["sample"]:
                 raise WtagError(f"sample={self.sample} is a simulated sample: it needs source=pythia")
-            changed = [k for k in ("n_jets", "val_fraction", "test_fraction") if getattr(self, k) != defaults[k]]
-            if changed:
-                raise WtagError(f"sample={self.sample} sets {', '.join(changed)} itself; leave "
-                                f"{'it' if len(changed) == 1 else 'them'} at the default")
+            return
+        fixed = ("val_fraction", "test_fraction") + (("n_jets",) if self.shape.n_signal is not None else ())
+        changed = [k for k in fixed if getattr(self, k) != defaults[k]]
+        if changed:
+            raise WtagError(f"sample={self.sample} sets {', '.join(changed)} itself; leave "
+                            f"{'it' if len(changed) == 1 else 'them'} at the default")
 
     @property
-    def shape(self) -> SampleShape | None:
+    def shape(self) -> SampleShape:
         return SAMPLES[self.sample]
 
     def jets_to_generate(self) -> dict[str, int]:
         """Jets to simulate per process (signal first)."""
-        if self.shape is None:
-            return {self.signal: self.n_jets, "qcd": self.n_jets}
-        return {self.signal: self.shape.n_signal, "qcd": self.shape.n_qcd}
+        n_signal = self.shape.n_signal or self.n_jets
+        return {self.signal: n_signal, "qcd": self.shape.qcd_per_signal * n_signal}
 
     def split_fractions(self) -> tuple[float | tuple[float, float], float | tuple[float, float]]:
         """(val, test) fractions for :func:`wtag.dataset.stratified_split`: one number, or one per label."""
-        if self.shape is None:
+        if self.source != "pythia":
             return self.val_fraction, self.test_fraction
         return self.shape.val_fraction, self.shape.test_fraction
 
     def sample_size(self) -> str:
         """How many jets, in the words of the source: the preset, per class simulated, or the import cap."""
-        if self.shape is not None:
-            return self.sample
         if self.source == "pythia":
-            return f"n_jets={self.n_jets}"
+            return self.sample if self.shape.n_signal is not None else f"n_jets={self.n_jets}"
         return f"max_jets={self.max_jets or 'all'}"
 
     def params(self) -> dict[str, object]:
@@ -142,9 +145,7 @@ class PrepareConfig:
         val, test = self.split_fractions()
         if self.source == "pythia":
             n = self.jets_to_generate()
-            sample: dict[str, object] = {"sample": self.sample, "n_jets": n[self.signal]}
-            if self.shape is not None:
-                sample["n_jets_qcd"] = n["qcd"]
+            sample: dict[str, object] = {"sample": self.sample, "n_jets": n[self.signal], "n_jets_qcd": n["qcd"]}
         else:
             sample = {"max_jets": self.max_jets}
         return {"source": self.source, **sample, "seed": self.seed,
