@@ -256,6 +256,57 @@ def test_onnx_parity(trained: tuple) -> None:
     assert check_onnx_parity(tagger, val) <= 1e-4
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# What every particle-set tagger (family "particle") promises: the jet is a set of real particles
+# ----------------------------------------------------------------------------------------------------------------
+
+PARTICLE_SET_TAGGERS = tuple(name for name in KERAS_TAGGERS if tagger_class(name).family == "particle")
+
+
+@pytest.fixture(params=PARTICLE_SET_TAGGERS)
+def trained_set(request: pytest.FixtureRequest, keras_trained) -> tuple:
+    return keras_trained(request.param)
+
+
+def test_the_particle_set_family_has_its_members() -> None:
+    assert set(PARTICLE_SET_TAGGERS) >= {"pfn", "particlenet", "part"}
+
+
+@pytest.mark.slow
+def test_permutation_invariant(trained_set: tuple) -> None:
+    """Shuffling the real particles (and moving padding anywhere) leaves the score unchanged."""
+    tagger, val, _ = trained_set
+    particles = val.particles[:64]
+    shuffled = particles[:, np.random.default_rng(0).permutation(schema.MAX_PARTICLES)]
+    np.testing.assert_allclose(tagger.predict({"particles": shuffled}), tagger.predict({"particles": particles}),
+                               atol=1e-5)
+
+
+@pytest.mark.slow
+def test_padded_rows_are_ignored(trained_set: tuple) -> None:
+    """Padding is whatever has raw pT 0: random junk in its other features changes no score."""
+    tagger, val, _ = trained_set
+    particles = val.particles[:64].copy()
+    real = particles[..., schema.PARTICLE_PT] > 0
+    assert (~real).any()
+    junk = particles.copy()
+    junk[~real] = np.random.default_rng(1).normal(size=(int((~real).sum()), len(schema.PARTICLE_FEATURES)))
+    junk[~real, schema.PARTICLE_PT] = 0.0
+    np.testing.assert_allclose(tagger.predict({"particles": junk}), tagger.predict({"particles": particles}),
+                               atol=1e-6)
+
+
+@pytest.mark.slow
+def test_jets_with_one_or_no_particles_score_finitely(trained_set: tuple) -> None:
+    """Fewer particles than neighbours / heads need; even an all-padding row must not produce NaN."""
+    tagger, val, _ = trained_set
+    particles = np.zeros((3, schema.MAX_PARTICLES, len(schema.PARTICLE_FEATURES)), np.float32)
+    particles[0, :1] = val.particles[0, :1]
+    particles[1, :2] = val.particles[1, :2]
+    scores = tagger.predict({"particles": particles})
+    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+
+
 @pytest.mark.parametrize(("a", "b"), [((1, 4, 1), (1, 1, 4)), ((4, 4, 7), (4, 1, 1)), ((7, 4, 7), (7, 1, 1)),
                                       ((3, 2, 1, 5), (3, 1, 1, 5))])
 def test_broadcast_add_broadcasts_both_operands(a: tuple, b: tuple) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import pytest
 from keras_helpers import synthetic_split, tiny_config
 
 from wtag import schema
@@ -15,11 +14,6 @@ from wtag.taggers.part import ParticleTransformerTagger, pair_features
 
 P = schema.MAX_PARTICLES
 F = len(schema.PARTICLE_FEATURES)
-
-
-@pytest.fixture
-def trained(keras_trained) -> tuple:
-    return keras_trained("part")
 
 
 def test_identity_and_architecture() -> None:
@@ -67,39 +61,3 @@ def test_pair_features_match_four_vectors() -> None:
             want = [np.log(dr), np.log(pt_min * dr), np.log(pt_min / (pt[i] + pt[j])), np.log(m2)]
             np.testing.assert_allclose(got[i, j], want, atol=2e-3, rtol=1e-3, err_msg=f"pair ({i}, {j})")
     assert not got[m:].any() and not got[:, m:].any()
-
-
-@pytest.mark.slow
-def test_permutation_invariant(trained: tuple) -> None:
-    """Shuffling the real particles (and moving padding anywhere) leaves the score unchanged."""
-    tagger, val, _ = trained
-    particles = val.particles[:64]
-    shuffled = particles[:, np.random.default_rng(0).permutation(P)]
-    np.testing.assert_allclose(tagger.predict({"particles": shuffled}), tagger.predict({"particles": particles}),
-                               atol=1e-5)
-
-
-@pytest.mark.slow
-def test_padded_rows_are_ignored(trained: tuple) -> None:
-    tagger, val, _ = trained
-    particles = val.particles[:64].copy()
-    real = particles[..., schema.PARTICLE_PT] > 0
-    assert (~real).any()
-    junk = particles.copy()
-    junk[~real] = np.random.default_rng(1).normal(size=(int((~real).sum()), F))
-    junk[~real, schema.PARTICLE_PT] = 0.0
-    np.testing.assert_allclose(tagger.predict({"particles": junk}), tagger.predict({"particles": particles}),
-                               atol=1e-6)
-
-
-@pytest.mark.slow
-def test_jets_with_one_or_no_particles_score_finitely(trained: tuple) -> None:
-    """Fewer particles than neighbours / heads need; even an all-padding row must not produce NaN."""
-    tagger, val, _ = trained
-    particles = np.zeros((3, P, len(schema.PARTICLE_FEATURES)), np.float32)
-    particles[0, :1] = val.particles[0, :1]
-    particles[1, :2] = val.particles[1, :2]
-    scores = tagger.predict({"particles": particles})
-    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
-
-

@@ -3,14 +3,13 @@ weights, MLflow round trip) and ONNX parity."""
 from __future__ import annotations
 
 import keras
-import numpy as np
 import pytest
 from keras_helpers import synthetic_split, tiny_config
 
-from wtag import schema
 from wtag.dataset import Standardization
 from wtag.taggers import build_tagger
 from wtag.taggers.particle import PFNTagger
+
 
 @pytest.fixture
 def trained(keras_trained) -> tuple:
@@ -29,28 +28,3 @@ def test_identity_and_architecture() -> None:
 def test_learns_the_synthetic_signal(trained: tuple) -> None:
     _, _, history = trained
     assert history["val_auc"][-1] > 0.8
-
-
-@pytest.mark.slow
-def test_permutation_invariant(trained: tuple) -> None:
-    """Shuffling the real particles (and moving padding anywhere) leaves the score unchanged."""
-    tagger, val, _ = trained
-    particles = val.particles[:64]
-    rng = np.random.default_rng(0)
-    shuffled = particles[:, rng.permutation(schema.MAX_PARTICLES)]
-    np.testing.assert_allclose(tagger.predict({"particles": shuffled}), tagger.predict({"particles": particles}),
-                               atol=1e-5)
-
-
-@pytest.mark.slow
-def test_padded_rows_are_ignored(trained: tuple) -> None:
-    tagger, val, _ = trained
-    particles = val.particles[:64].copy()
-    real = particles[..., 0] > 0
-    junk = particles.copy()
-    junk[~real] = np.random.default_rng(1).normal(size=(int((~real).sum()), len(schema.PARTICLE_FEATURES)))
-    junk[~real, 0] = 0.0
-    np.testing.assert_allclose(tagger.predict({"particles": junk}), tagger.predict({"particles": particles}),
-                               atol=1e-6)
-
-

@@ -15,11 +15,6 @@ from wtag.taggers.particlenet import ParticleNetTagger, gather_neighbours, knn
 P = schema.MAX_PARTICLES
 
 
-@pytest.fixture
-def trained(keras_trained) -> tuple:
-    return keras_trained("particlenet")
-
-
 def test_identity_and_architecture() -> None:
     assert (ParticleNetTagger.name, ParticleNetTagger.family, ParticleNetTagger.inputs, ParticleNetTagger.flavor) == (
         "particlenet", "particle", ("particles",), "keras")
@@ -77,39 +72,3 @@ def test_gather_reads_each_jets_own_rows(n_jets: int) -> None:
     got = model.predict([features, index.astype(np.int32)], batch_size=n_jets, verbose=0)
     want = np.take_along_axis(features[:, None, :, :], index[..., None], axis=2)
     np.testing.assert_allclose(got, want, atol=0)
-
-
-@pytest.mark.slow
-def test_permutation_invariant(trained: tuple) -> None:
-    """Shuffling the real particles (and moving padding anywhere) leaves the score unchanged."""
-    tagger, val, _ = trained
-    particles = val.particles[:64]
-    shuffled = particles[:, np.random.default_rng(0).permutation(P)]
-    np.testing.assert_allclose(tagger.predict({"particles": shuffled}), tagger.predict({"particles": particles}),
-                               atol=1e-5)
-
-
-@pytest.mark.slow
-def test_padded_rows_are_ignored(trained: tuple) -> None:
-    tagger, val, _ = trained
-    particles = val.particles[:64].copy()
-    real = particles[..., schema.PARTICLE_PT] > 0
-    assert (~real).any()
-    junk = particles.copy()
-    junk[~real] = np.random.default_rng(1).normal(size=(int((~real).sum()), len(schema.PARTICLE_FEATURES)))
-    junk[~real, schema.PARTICLE_PT] = 0.0
-    np.testing.assert_allclose(tagger.predict({"particles": junk}), tagger.predict({"particles": particles}),
-                               atol=1e-6)
-
-
-@pytest.mark.slow
-def test_jets_with_one_or_no_particles_score_finitely(trained: tuple) -> None:
-    """Fewer particles than neighbours / heads need; even an all-padding row must not produce NaN."""
-    tagger, val, _ = trained
-    particles = np.zeros((3, P, len(schema.PARTICLE_FEATURES)), np.float32)
-    particles[0, :1] = val.particles[0, :1]
-    particles[1, :2] = val.particles[1, :2]
-    scores = tagger.predict({"particles": particles})
-    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
-
-
