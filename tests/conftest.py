@@ -196,3 +196,41 @@ def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         for proc in reversed(procs):
             _stop(proc)
+
+
+@pytest.fixture
+def run_killing_a_worker(dask_scheduler: str):
+    """Runs ``job()`` in a thread while SIGKILLing the first ``dask worker`` seen running a task whose key holds
+    ``key_part``; returns (the job's result, the killed pid). The nanny restarts the worker, and the fixture
+    waits for both workers again, since later tests share the cluster."""
+    import threading
+
+    from distributed import Client
+
+    def run(job, key_part: str):
+        outcome: dict[str, object] = {}
+
+        def target() -> None:
+            try:
+                outcome["result"] = job()
+            except BaseException as exc:  # handed to the test thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=target)
+        killed = None
+        with Client(dask_scheduler, timeout=10) as watcher:
+            thread.start()
+            deadline = time.monotonic() + 120
+            while killed is None and time.monotonic() < deadline and thread.is_alive():
+                busy = [w for w, keys in watcher.processing().items() if any(key_part in str(k) for k in keys)]
+                if busy:
+                    killed = watcher.run(os.getpid, workers=busy[:1])[busy[0]]
+                    os.kill(killed, signal.SIGKILL)
+                time.sleep(0.02)
+            thread.join(timeout=300)
+            watcher.wait_for_workers(2, timeout=120)
+        assert killed is not None, f"no '{key_part}' task was seen running"
+        assert "error" not in outcome, outcome.get("error")
+        return outcome["result"], killed
+
+    return run

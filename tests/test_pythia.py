@@ -253,37 +253,10 @@ def test_scheduler_local_cluster_and_one_worker_give_the_same_chunks(reference_c
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_changes_nothing(reference_chunks: list[Path], tmp_path: Path,
-                                                 dask_scheduler: str) -> None:
-    import os
-    import signal
-    import threading
-
-    from distributed import Client
-
-    outcome: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            outcome["paths"] = py.generate("qcd", output=tmp_path, scheduler=dask_scheduler, **DASK_RUN)
-        except BaseException as exc:  # handed to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    killed = None
-    with Client(dask_scheduler, timeout=10) as watcher:
-        thread.start()
-        deadline = time.monotonic() + 120
-        while killed is None and time.monotonic() < deadline and thread.is_alive():
-            busy = [w for w, keys in watcher.processing().items() if any("chunk-qcd" in str(k) for k in keys)]
-            if busy:
-                killed = watcher.run(os.getpid, workers=busy[:1])[busy[0]]
-                os.kill(killed, signal.SIGKILL)
-            time.sleep(0.05)
-        thread.join(timeout=300)
-        watcher.wait_for_workers(2, timeout=120)  # the nanny restarts the killed worker; later tests need two
-    assert killed is not None, "no chunk task was seen running"
-    assert "error" not in outcome, outcome.get("error")
-    assert_same_chunks(outcome["paths"], reference_chunks)  # type: ignore[arg-type]
+                                                 dask_scheduler: str, run_killing_a_worker) -> None:
+    paths, _ = run_killing_a_worker(lambda: py.generate("qcd", output=tmp_path, scheduler=dask_scheduler, **DASK_RUN),
+                                    "chunk-qcd")
+    assert_same_chunks(paths, reference_chunks)
 
 
 @pytest.mark.slow

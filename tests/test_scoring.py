@@ -293,13 +293,7 @@ def test_scores_equal_the_servers_score_jets_route_for_the_same_jets(model_path:
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_score_changes_nothing(model_path: Path, shared_data: Path, tmp_path: Path,
-                                                   dask_scheduler: str) -> None:
-    import signal
-    import threading
-    import time
-
-    from distributed import Client
-
+                                                   dask_scheduler: str, run_killing_a_worker) -> None:
     from wtag.jets import write_jets
 
     jets = read_cms_ntuple([shared_data / name for name in REAL_FILES])
@@ -309,31 +303,8 @@ def test_a_worker_killed_mid_score_changes_nothing(model_path: Path, shared_data
         write_jets(inputs[-1], ak.concatenate([jets] * 20)[i: i + 15000])
     config = {"model": str(model_path), "inputs": tuple(map(str, inputs))}
     reference = score_files(ScoreConfig(output=str(tmp_path / "one"), **config), ExecutionConfig(workers=1), False)
-    outcome: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            outcome["summary"] = score_files(ScoreConfig(output=str(tmp_path / "remote"), **config),
-                                             ExecutionConfig(dask_scheduler), False)
-        except BaseException as exc:  # handed to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    killed = None
-    with Client(dask_scheduler, timeout=10) as watcher:
-        thread.start()
-        deadline = time.monotonic() + 120
-        while killed is None and time.monotonic() < deadline and thread.is_alive():
-            busy = [w for w, keys in watcher.processing().items() if any("score-" in str(k) for k in keys)]
-            if busy:
-                killed = watcher.run(os.getpid, workers=busy[:1])[busy[0]]
-                os.kill(killed, signal.SIGKILL)
-            time.sleep(0.02)
-        thread.join(timeout=300)
-        watcher.wait_for_workers(2, timeout=120)  # the nanny restarts the killed worker; later tests need two
-    assert killed is not None, "no score task was seen running"
-    assert "error" not in outcome, outcome.get("error")
-    summary = outcome["summary"]
+    summary, _ = run_killing_a_worker(lambda: score_files(ScoreConfig(output=str(tmp_path / "remote"), **config),
+                                                         ExecutionConfig(dask_scheduler), False), "score-")
     assert summary.failures == [] and summary.jets == reference.jets == 6 * 15000  # type: ignore[attr-defined]
     for path in inputs:
         assert_same_scores(tmp_path / "one" / f"{path.stem}.scores.root",
