@@ -166,6 +166,9 @@ class KerasTagger(Tagger):
 
     flavor: ClassVar[str] = "keras"
     supports_disco: ClassVar[bool] = True
+    # Train through XLA (TensorFlow's compiler): set where it measured faster on CPU (bench/train_speed.py);
+    # it slows the convolutional taggers down. Only training is compiled; scoring and export are unchanged.
+    jit_compile: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig, standardization: Standardization) -> None:
         super().__init__(config, standardization)
@@ -195,7 +198,8 @@ class KerasTagger(Tagger):
         """The architecture and the optimisation choices; the TrainConfig numbers are logged by the caller
         (``TrainConfig.params``)."""
         loss = "binary_crossentropy+disco" if self.config.disco_lambda > 0 else "binary_crossentropy"
-        return {**self.architecture(), "optimizer": "adam", "loss": loss, "early_stopping": "val_loss"}
+        return {**self.architecture(), "optimizer": "adam", "loss": loss, "early_stopping": "val_loss",
+                "xla": self.jit_compile}
 
     def _build(self) -> tuple[keras.Model, keras.Model]:
         """The training model ((N, 1) output) and the scoring model ((N,) output) sharing its layers.
@@ -236,7 +240,8 @@ class KerasTagger(Tagger):
             self._load_initial_weights(score_model)
         disco = self.config.disco_lambda > 0
         loss = DiscoLoss(self.config.disco_lambda) if disco else keras.losses.BinaryCrossentropy()
-        train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.config.learning_rate), loss=loss)
+        train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.config.learning_rate), loss=loss,
+                            jit_compile=self.jit_compile)
         callbacks = [
             _ValidationAUC(xv, yv, wv, on_epoch_end),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience,

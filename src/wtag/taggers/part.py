@@ -115,6 +115,7 @@ class ParticleTransformerTagger(KerasTagger):
 
     name: ClassVar[str] = "part"
     family: ClassVar[str] = "particle"
+    jit_compile: ClassVar[bool] = True
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
 
     embed_dim: ClassVar[int] = 64

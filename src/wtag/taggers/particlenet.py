@@ -95,6 +95,7 @@ class ParticleNetTagger(KerasTagger):
 
     name: ClassVar[str] = "particlenet"
     family: ClassVar[str] = "particle"
+    jit_compile: ClassVar[bool] = True
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
 
     k: ClassVar[int] = 7

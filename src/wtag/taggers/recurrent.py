@@ -19,6 +19,7 @@ class LSTMTagger(KerasTagger):
 
     name: ClassVar[str] = "lstm"
     family: ClassVar[str] = "recurrent"
+    jit_compile: ClassVar[bool] = True
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
 
     lstm_units: ClassVar[int] = 50
