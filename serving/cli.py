@@ -34,8 +34,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"ONNX file, MLflow model dir or URI (default {DEFAULT_MODEL})")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
-    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
-                        help=f"KServe v2 gRPC port (default {DEFAULT_GRPC_PORT}; 0: no gRPC)")
+    parser.add_argument("--grpc-port", type=int,
+                        help=f"KServe v2 gRPC port (default: the HTTP port + 1, {DEFAULT_GRPC_PORT} with the default "
+                             "HTTP port; 0: no gRPC)")
     parser.add_argument("--workers", type=int, help="server processes sharing the ports (default: one per usable "
                                                     f"core, at most {MAX_DEFAULT_WORKERS}; here {default_workers()})")
     for flag, field, kind in _SETTING_FLAGS:
@@ -60,15 +61,22 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings.from_env(device=args.device, **overrides)
 
 
+def grpc_port_of(args: argparse.Namespace) -> int:
+    """The gRPC port: ``--grpc-port``, else the HTTP port + 1 (so ``--port 8081`` alone cannot collide); checked."""
+    grpc_port = args.port + 1 if args.grpc_port is None else args.grpc_port
+    for flag, value in (("port", args.port), ("grpc-port", grpc_port)):
+        if not 0 <= value <= 65535:
+            raise WtagError(f"--{flag} {value} is not in 0..65535")
+    if grpc_port and grpc_port == args.port:
+        raise WtagError(f"--grpc-port {grpc_port} is the HTTP port too")
+    return grpc_port
+
+
 def serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` until interrupted; WtagError for bad settings, a bad model or a busy port."""
     from serving.app import run  # the web stack loads only when serving, not when a CLI lists its commands
 
-    for flag, value in (("port", args.port), ("grpc-port", args.grpc_port)):
-        if not 0 <= value <= 65535:
-            raise WtagError(f"--{flag} {value} is not in 0..65535")
-    if args.grpc_port and args.grpc_port == args.port:
-        raise WtagError(f"--grpc-port {args.grpc_port} is the HTTP port too")
+    grpc_port = grpc_port_of(args)
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise WtagError(f"--workers must be >= 1, got {workers}")
@@ -76,7 +84,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.model.startswith(("models:/", "runs:/")) and not os.environ.get("MLFLOW_TRACKING_URI"):
         # the project's tracking server, for this process and the workers it starts
         os.environ["MLFLOW_TRACKING_URI"] = DEFAULT_TRACKING_URI
-    run(args.model, host=args.host, port=args.port, settings=settings, grpc_port=args.grpc_port, workers=workers)
+    run(args.model, host=args.host, port=args.port, settings=settings, grpc_port=grpc_port, workers=workers)
     return 0
 
 

@@ -12,7 +12,7 @@ from wtag.inference import DEFAULT_MAX_BATCH, DEVICES
 TOKEN_ENV = "WTAG_SERVE_TOKEN"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-DEFAULT_GRPC_PORT = 8081  # 0: no gRPC endpoint
+DEFAULT_GRPC_PORT = DEFAULT_PORT + 1  # 0: no gRPC endpoint; the CLI's default is --port + 1
 # Worker processes by default: one per usable core, at most this many (each holds its own model session).
 MAX_DEFAULT_WORKERS = 8
 # Optional overrides from the environment, so ``make serve`` can be tuned without code changes.

@@ -12,7 +12,7 @@ import pytest
 
 from onnx_models import REPO, physical_hl_model, server_env
 from serving import cli
-from serving.settings import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, ServerSettings
+from serving.settings import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, ServerSettings
 from wtag import schema
 from wtag.errors import exit_status
 
@@ -37,14 +37,25 @@ def test_serve_subcommand_defaults_come_from_the_settings(monkeypatch: pytest.Mo
     settings = cli.settings_from(args)
     assert (settings.max_batch_size, settings.device, settings.max_queue_delay_ms, settings.max_body_bytes) == \
         (128, "cpu", 5.0, 1000)
+    assert cli.grpc_port_of(args) == DEFAULT_GRPC_PORT == DEFAULT_PORT + 1
     flag_wins = cli.settings_from(_wtag_like_parser().parse_args(["serve", "--max-batch-size", "7"]))
     assert flag_wins.max_batch_size == 7
+
+
+def test_grpc_port_follows_the_http_port() -> None:
+    """``--port 8081`` alone must not collide with the gRPC default (make demo SERVE_PORT=8081 did)."""
+    parse = _wtag_like_parser().parse_args
+    assert cli.grpc_port_of(parse(["serve", "--port", "8081"])) == 8082
+    assert cli.grpc_port_of(parse(["serve", "--port", "8081", "--grpc-port", "0"])) == 0
+    assert cli.grpc_port_of(parse(["serve", "--grpc-port", "9999"])) == 9999
 
 
 @pytest.mark.parametrize("argv, env, message", [
     (["--model", "nope.onnx"], {}, "model 'nope.onnx': no such file, directory or MLflow model URI"),
     (["--model", "{model}", "--max-batch-size", "0"], {}, "max_batch_size must be >= 1, got 0"),
     (["--model", "{model}", "--port", "70000"], {}, "port 70000 is not in 0..65535"),
+    (["--model", "{model}", "--port", "9000", "--grpc-port", "9000"], {}, "grpc-port 9000 is the HTTP port too"),
+    (["--model", "{model}", "--port", "65535"], {}, "grpc-port 65536 is not in 0..65535"),
     (["--model", "{model}", "--request-timeout-s", "-1"], {}, "request_timeout_s must be > 0"),
     (["--model", "{model}"], {TOKEN_ENV: ""}, f"auth token ({TOKEN_ENV}) is empty; unset it to turn auth off"),
     (["--model", "{model}"], {TOKEN_ENV: "  "}, "is empty"),
