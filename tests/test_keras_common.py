@@ -268,8 +268,18 @@ def trained_set(request: pytest.FixtureRequest, keras_trained) -> tuple:
     return keras_trained(request.param)
 
 
-def test_the_particle_set_family_has_its_members() -> None:
+# Every tagger that reads particle lists (the sets and the recurrent sequences) finds padding by raw pT == 0.
+PARTICLE_LIST_TAGGERS = tuple(name for name in KERAS_TAGGERS if tagger_class(name).inputs == (schema.INPUT_PARTICLES,))
+
+
+@pytest.fixture(params=PARTICLE_LIST_TAGGERS)
+def trained_list(request: pytest.FixtureRequest, keras_trained) -> tuple:
+    return keras_trained(request.param)
+
+
+def test_the_particle_families_have_their_members() -> None:
     assert set(PARTICLE_SET_TAGGERS) >= {"pfn", "particlenet", "part"}
+    assert set(PARTICLE_LIST_TAGGERS) >= set(PARTICLE_SET_TAGGERS) | {"lstm", "bilstm"}
 
 
 @pytest.mark.slow
@@ -283,9 +293,9 @@ def test_permutation_invariant(trained_set: tuple) -> None:
 
 
 @pytest.mark.slow
-def test_padded_rows_are_ignored(trained_set: tuple) -> None:
+def test_padded_rows_are_ignored(trained_list: tuple) -> None:
     """Padding is whatever has raw pT 0: random junk in its other features changes no score."""
-    tagger, val, _ = trained_set
+    tagger, val, _ = trained_list
     particles = val.particles[:64].copy()
     real = particles[..., schema.PARTICLE_PT] > 0
     assert (~real).any()

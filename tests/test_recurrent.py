@@ -34,18 +34,6 @@ def test_identity_and_architecture() -> None:
     assert not any(isinstance(layer, keras.layers.Bidirectional) for layer in lstm_layers)
 
 
-@pytest.mark.slow
-def test_padded_rows_are_ignored(trained: tuple) -> None:
-    """Whatever sits in rows with pt == 0, and however many of them there are, the score is the same."""
-    tagger, val, _ = trained
-    particles = val.particles[:64].copy()
-    real = particles[..., 0] > 0
-    junk = particles.copy()
-    junk[~real] = np.random.default_rng(0).normal(size=(int((~real).sum()), len(schema.PARTICLE_FEATURES)))
-    junk[~real, 0] = 0.0
-    np.testing.assert_allclose(tagger.predict({"particles": junk}), tagger.predict({"particles": particles}),
-                               atol=1e-6)
-
 
 @pytest.mark.slow
 def test_particle_order_matters(trained: tuple) -> None:
