@@ -38,29 +38,26 @@ def test_key_depends_on_every_parameter():
     assert imported.key(["0"]) != PrepareConfig(source="cms-ntuple", inputs=("a.npy",), val_fraction=0.1).key(["0"])
 
 
+def _split_counts(config: PrepareConfig) -> dict[str, tuple[int, int]]:
+    """(QCD, W) jets per split when every generated jet passes the selection."""
+    from wtag.dataset import stratified_split
+
+    n = config.jets_to_generate()
+    label = np.r_[np.zeros(n["qcd"], np.int32), np.ones(n[config.signal], np.int32)]
+    index = stratified_split(label, config.seed, *config.split_fractions())
+    assert len(np.unique(np.concatenate(list(index.values())))) == len(label)
+    return {name: (int((label[i] == 0).sum()), int((label[i] == 1).sum())) for name, i in index.items()}
+
+
 def test_sample_shapes_put_the_extra_qcd_into_the_test_split():
     """The benchmark preset holds the sizes the physics needs; the default keeps train/val balanced."""
     bench = PrepareConfig(sample="benchmark")
     assert bench.jets_to_generate() == {"ttbar": 35_000, "qcd": 70_000}
-    sizes = bench.shape.split_sizes(35_000)
-    assert sizes["test"][0] >= 40_000 and sizes["test"][1] >= 5_000 and sum(sizes["train"]) >= 50_000
+    assert _split_counts(bench) == {"test": (42_000, 5_250), "val": (3_500, 3_500), "train": (24_500, 26_250)}
     assert bench.sample_size() == "benchmark" and bench.params()["test_fraction"] == "qcd:0.6,w:0.15"
     default = PrepareConfig(n_jets=100, signal="wjets")
     assert default.jets_to_generate() == {"wjets": 100, "qcd": 200}
-    sizes = default.shape.split_sizes(100)
-    assert sizes == {"test": (120, 20), "val": (20, 20), "train": (60, 60)}
-
-
-def test_stratified_split_sizes_match_the_shape():
-    """stratified_split with the benchmark's per-class fractions makes exactly the planned splits."""
-    from wtag.dataset import stratified_split
-
-    shape = PrepareConfig(sample="benchmark").shape
-    label = np.r_[np.zeros(70_000, np.int32), np.ones(35_000, np.int32)]
-    index = stratified_split(label, 1, shape.val_fraction, shape.test_fraction)
-    for name, (n_qcd, n_w) in shape.split_sizes(35_000).items():
-        assert (label[index[name]] == 0).sum() == n_qcd and (label[index[name]] == 1).sum() == n_w
-    assert len(np.unique(np.concatenate(list(index.values())))) == len(label)
+    assert _split_counts(default) == {"test": (120, 20), "val": (20, 20), "train": (60, 60)}
 
 
 def test_cms_images_prepare_is_stratified_deterministic_and_reused(shared_data, tmp_path):

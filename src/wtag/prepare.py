@@ -51,13 +51,6 @@ class SampleShape:
     test_fraction: tuple[float, float]
     val_fraction: tuple[float, float]
 
-    def split_sizes(self, n_signal: int) -> dict[str, tuple[int, int]]:
-        """(QCD, W) jets per split, as stratified_split rounds them (before the kinematic selection)."""
-        n = (self.qcd_per_signal * n_signal, n_signal)
-        test = tuple(int(round(f * k)) for f, k in zip(self.test_fraction, n))
-        val = tuple(int(round(f * k)) for f, k in zip(self.val_fraction, n))
-        return {"test": test, "val": val, "train": tuple(k - t - v for k, t, v in zip(n, test, val))}
-
 
 # default, n_jets = 6000: train 3,600 + 3,600, val 1,200 + 1,200, test 1,200 W + 7,200 QCD.
 # benchmark: train 26,250 W + 24,500 QCD = 50,750; test 5,250 W + 42,000 QCD (r50 near 100 then rests on about
