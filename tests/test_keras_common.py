@@ -25,9 +25,11 @@ from wtag import schema
 from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
 from wtag.taggers import build_tagger, tagger_class
+from wtag.taggers.base import LR_FLOOR
 from wtag.taggers.keras_common import (
     ONNX_BATCH_DIM,
     broadcast_add,
+    learning_rate,
     set_threads,
     standardize,
     standardized_particles,
@@ -122,7 +124,24 @@ def test_fit_rejects_one_class_validation_and_bad_labels() -> None:
         tagger.fit(train, val)
 
 
-@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"learning_rate": -1.0}, {"patience": -1}])
+def test_cosine_schedule_anneals_from_the_rate_to_its_floor() -> None:
+    schedule = learning_rate(tiny_config(learning_rate=2e-3, lr_schedule="cosine"), steps=100)
+    assert float(schedule(0)) == pytest.approx(2e-3)
+    assert float(schedule(50)) == pytest.approx(2e-3 * (LR_FLOOR + (1 - LR_FLOOR) / 2), rel=1e-5)
+    assert float(schedule(100)) == pytest.approx(2e-3 * LR_FLOOR)
+    assert learning_rate(tiny_config(learning_rate=2e-3), steps=100) == 2e-3
+
+
+def test_fit_follows_the_schedule() -> None:
+    """Same seed, same data: only the learning rate of the later steps differs, so the first epoch's updates
+    mostly agree and the histories still differ."""
+    constant, cosine = (fitted("dnn", epochs=3, lr_schedule=s)[2] for s in ("constant", "cosine"))
+    assert constant["loss"] != cosine["loss"]
+    assert all(np.isfinite(cosine["loss"]))
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"learning_rate": -1.0}, {"patience": -1},
+                                 {"lr_schedule": "linear"}])
 def test_fit_rejects_bad_training_parameters(bad: dict) -> None:
     train, val = synthetic_split(16, seed=1), synthetic_split(8, seed=2)
     tagger = build_tagger("dnn", tiny_config(**bad), Standardization.fit(train))

@@ -18,7 +18,7 @@ from wtag.evaluation import CHAMPION_METRICS, DEFAULT_MAX_SCULPTING, DEFAULT_MET
 from wtag.inference import DEVICES
 from wtag.prepare import DEFAULT_DATA_DIR, SAMPLES, SOURCES, PrepareConfig
 from wtag.scoring import ScoreConfig
-from wtag.taggers.base import TrainConfig
+from wtag.taggers.base import LR_SCHEDULES, TrainConfig
 from wtag.tracking import DEFAULT_EXPERIMENT, tracking_uri_from_env
 from wtag.tracking_server import DEFAULT_DIR, DEFAULT_HOST, DEFAULT_PORT
 from wtag.training import ALL_TAGGERS
@@ -127,6 +127,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int, default=d.epochs)
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                   help="'cosine' anneals the learning rate to 1%% of its start over the epochs")
     p.add_argument("--patience", type=_positive_int, default=d.patience)
     p.add_argument("--train-seed", type=_int, default=d.seed, help="seed of weight initialisation and shuffling")
     p.add_argument("--disco-lambda", default=f"{d.disco_lambda:g}",
@@ -165,7 +167,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
     optional = {"n_bootstrap": args.n_bootstrap, "disco_lambda": parse_disco_lambdas(args.disco_lambda)[0]}
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       patience=args.patience, seed=args.train_seed, init_from=args.init_from.strip(),
+                       lr_schedule=args.lr_schedule, patience=args.patience, seed=args.train_seed, init_from=args.init_from.strip(),
                        **{k: v for k, v in optional.items() if v is not None})
 
 

@@ -8,6 +8,7 @@ takes RAW inputs (standardization constants live in the graph) and outputs a 1-D
 from __future__ import annotations
 
 import abc
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -19,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from wtag import schema
 from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
-from wtag.taggers.base import EpochCallback, Tagger, TrainConfig
+from wtag.taggers.base import LR_FLOOR, LR_SCHEDULES, EpochCallback, Tagger, TrainConfig
 
 # ONNX opset for tf2onnx: new enough for every op our graphs use, within the range the contract allows.
 ONNX_OPSET = 17
@@ -240,8 +241,9 @@ class KerasTagger(Tagger):
             self._load_initial_weights(score_model)
         disco = self.config.disco_lambda > 0
         loss = DiscoLoss(self.config.disco_lambda) if disco else keras.losses.BinaryCrossentropy()
-        train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=self.config.learning_rate), loss=loss,
-                            jit_compile=self.jit_compile)
+        steps = self.config.epochs * math.ceil(len(y) / self.config.batch_size)
+        train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate(self.config, steps)),
+                            loss=loss, jit_compile=self.jit_compile)
         callbacks = [
             _ValidationAUC(xv, yv, wv, on_epoch_end),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience,
@@ -340,6 +342,13 @@ class _KerasFlavor:
         mlflow.keras.save_model(path=path, **kwargs)
 
 
+def learning_rate(config: TrainConfig, steps: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate for ``config.lr_schedule`` over ``steps`` optimizer steps in all."""
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps, alpha=LR_FLOOR)
+    return config.learning_rate
+
+
 def _check_config(config: TrainConfig) -> None:
     problems = [f"{key}={value}" for key, value, ok in (
         ("epochs", config.epochs, config.epochs >= 1),
@@ -347,10 +356,12 @@ def _check_config(config: TrainConfig) -> None:
         ("learning_rate", config.learning_rate, config.learning_rate > 0),
         ("patience", config.patience, config.patience >= 0),
         ("disco_lambda", config.disco_lambda, config.disco_lambda >= 0),
+        ("lr_schedule", config.lr_schedule, config.lr_schedule in LR_SCHEDULES),
     ) if not ok]
     if problems:
         raise WtagError(f"training parameters out of range: {', '.join(problems)} (need epochs >= 1, "
-                        "batch_size >= 1, learning_rate > 0, patience >= 0, disco_lambda >= 0)")
+                        "batch_size >= 1, learning_rate > 0, patience >= 0, disco_lambda >= 0, "
+                        f"lr_schedule one of {', '.join(LR_SCHEDULES)})")
 
 
 def dense_stack(x: keras.KerasTensor, units: Sequence[int], dropout: float, prefix: str,
