@@ -167,7 +167,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
     optional = {"n_bootstrap": args.n_bootstrap, "disco_lambda": parse_disco_lambdas(args.disco_lambda)[0]}
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       lr_schedule=args.lr_schedule, patience=args.patience, seed=args.train_seed, init_from=args.init_from.strip(),
+                       lr_schedule=args.lr_schedule, patience=args.patience, seed=args.train_seed,
+                       init_from=args.init_from.strip(),
                        **{k: v for k, v in optional.items() if v is not None})
 
 
