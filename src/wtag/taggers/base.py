@@ -26,8 +26,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 256
     learning_rate: float = 1e-3
-    # One of LR_SCHEDULES. "cosine" decays from learning_rate to LR_FLOOR x learning_rate over the epochs: the
-    # ParticleNet and ParT recipes anneal, and at a constant rate their validation AUC was still rising at the cap.
+    # One of LR_SCHEDULES. "cosine" decays from learning_rate to LR_FLOOR x learning_rate over the epochs, as the
+    # ParticleNet and ParT recipes anneal (docs/benchmark.md: what it did for them on the benchmark sample).
     lr_schedule: str = "constant"
     patience: int = 5
     seed: int = 42
