@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 SERVE_PORT ?= 8080
+TEST_WORKERS ?= 2
 TRACKING_DIR ?= data/mlflow
 export MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(PORT)
 export MLFLOW_EXPERIMENT_NAME ?= wtag
@@ -47,8 +48,9 @@ bench: setup
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/scale.py
 
+# Two pytest-xdist workers; conftest keeps the tests of each expensive shared fixture on one of them.
 test: setup
-	$(BIN)/python -m pytest -v
+	$(BIN)/python -m pytest -v -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from wtag.tracking_server import ServerPaths, free_port, start_server, stop_server
+from ports import free_port
+from wtag.tracking_server import ServerPaths, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -77,6 +78,32 @@ def trained_all(tracking_server: str, tmp_path_factory: pytest.TempPathFactory):
     proc = mlflow_run("train", params, tracking_server, TRAIN_EXPERIMENT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tracking_server, TRAIN_EXPERIMENT, data_dir, params, proc
+
+
+def runs_of(client, experiment: str, entry_point: str) -> list:
+    """The runs of one wtag entry point in an experiment, newest first."""
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], f"tags.`wtag.entry_point` = '{entry_point}'")
+
+
+@pytest.fixture(scope="session")
+def main_twice(trained_all):
+    """`mlflow run . -e main` twice with the parameters of the finished `train` run.
+
+    Returns (tracking URI, experiment, run counts per entry point before, after the first, after the second)."""
+    from mlflow.tracking import MlflowClient
+
+    uri, experiment, _, params, _ = trained_all
+    client = MlflowClient(uri)
+    entry_points = ("prepare", "train", "train_tagger", "evaluate", "export")
+    before = {ep: len(runs_of(client, experiment, ep)) for ep in entry_points}
+    first = mlflow_run("main", params, uri, experiment)
+    assert first.returncode == 0, first.stderr[-4000:]
+    after_first = {ep: len(runs_of(client, experiment, ep)) for ep in entry_points}
+    second = mlflow_run("main", params, uri, experiment)
+    assert second.returncode == 0, second.stderr[-4000:]
+    after_second = {ep: len(runs_of(client, experiment, ep)) for ep in entry_points}
+    return uri, experiment, before, after_first, after_second
 
 
 @pytest.fixture
@@ -234,3 +261,22 @@ def run_killing_a_worker(dask_scheduler: str):
         return outcome["result"], killed
 
     return run
+
+
+# ------------------------------------------------------------------------------------------------ pytest-xdist
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (``make test``), the tests sharing one expensive session fixture run on one
+    worker, so it is built once: the `mlflow run . -e train` + `main` chain, and each Keras tagger's fit."""
+    from wtag.taggers import TAGGER_NAMES
+
+    for item in items:
+        names = item.fixturenames
+        if "trained_all" in names:
+            group = "mlflow-train"
+        elif "keras_trained" in names:
+            params = item.callspec.params.values() if hasattr(item, "callspec") else ()
+            tagger = next((v for v in params if isinstance(v, str) and v in TAGGER_NAMES), None)
+            group = f"keras-{tagger or item.module.__name__}"
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from wtag import schema
 from wtag.jets import make_jets
-from wtag.tracking_server import free_port
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 N_HL = len(schema.HL_FEATURES)

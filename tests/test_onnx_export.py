@@ -1,7 +1,7 @@
 """ONNX export against a real tracking server: contract, parity for every tagger, registry alias handling.
 
-Every tagger in the REGISTRY is trained for one epoch on a tiny synthetic dataset with all three inputs; the
-small ``LinearTagger`` below (and its deliberately broken variants) lets the alias tests run without Keras.
+Every tagger in the REGISTRY is exported from the session's shared `mlflow run . -e train` (conftest.trained_all);
+the small ``LinearTagger`` below (and its deliberately broken variants) lets the alias tests run without Keras.
 """
 from __future__ import annotations
 
@@ -58,18 +58,22 @@ def tagger_run_ids(experiment_id: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tracking_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every REGISTRY tagger trained for one epoch on one tiny dataset."""
+def trained(main_twice) -> dict[str, Any]:
+    """Every REGISTRY tagger as the session's `mlflow run . -e train` trained it (one epoch, a tiny simulated
+    sample), after `main` evaluated them and exported its champion: no second training for these tests."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
-    from wtag.training import train
+    from conftest import runs_of
+    from wtag.dataset import load_prepared
 
-    mlflow.set_tracking_uri(tracking_server)
-    experiment_id = new_experiment("export")
-    ds = synthetic_dataset(tmp_path_factory.mktemp("prepared") / "synthetic")
-    log_prepare_run(ds)
-    train(ds, ",".join(TAGGER_NAMES), CONFIG)
-    return {"experiment_id": experiment_id, "ds": ds, "runs": tagger_run_ids(experiment_id)}
+    uri, experiment, *_ = main_twice
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    prepare = runs_of(client, experiment, "prepare")[0]
+    experiment_id = prepare.info.experiment_id
+    return {"experiment_id": experiment_id, "ds": load_prepared(prepare.data.params["dataset_path"]),
+            "runs": tagger_run_ids(experiment_id)}
 
 
 def load_onnx_model(run_id: str) -> tuple[Any, Path]:
@@ -104,7 +108,7 @@ def test_every_tagger_exports_with_parity(trained: dict[str, Any], name: str) ->
     assert run.data.params["source_run_id"] == source_run
     assert run.data.params["tagger"] == name
     figures = run.data.metrics
-    assert figures["onnx_parity_jets"] == SPLIT_SIZES["test"]
+    assert figures["onnx_parity_jets"] == len(trained["ds"].test)
     family = run.data.tags["wtag.family"]
     if family == "tree":
         assert figures["onnx_frac_diff"] < 0.01
@@ -136,7 +140,7 @@ def test_every_tagger_exports_with_parity(trained: dict[str, Any], name: str) ->
     native = tagger.predict(test)
     session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
     scores = session.run(["score"], test)[0]
-    assert scores.shape == (SPLIT_SIZES["test"],) and scores.dtype == np.float32
+    assert scores.shape == (len(trained["ds"].test),) and scores.dtype == np.float32
     one = session.run(["score"], {k: v[:1] for k, v in test.items()})[0]
     assert one.shape == (1,) and abs(float(one[0]) - float(scores[0])) < 1e-5
     diff = np.abs(scores.astype(np.float64) - np.asarray(native, np.float64))
@@ -144,42 +148,6 @@ def test_every_tagger_exports_with_parity(trained: dict[str, Any], name: str) ->
         assert np.mean(diff > 1e-4) < 0.01
     else:
         assert diff.max() <= 1e-4
-
-
-@pytest.mark.slow
-def test_evaluate_then_export_champion_loads_through_pyfunc(trained: dict[str, Any]) -> None:
-    """The pipeline's last two steps: the champion lands as models:/wtag@champion, and pyfunc scores = native."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from wtag.evaluation import evaluate_step
-    from wtag.runs import find_dataset, load_tagger
-    from wtag.onnx_export import export_step
-
-    experiment_id = trained["experiment_id"]
-    eval_run_id, champion_run_id = evaluate_step(experiment_id, trained["ds"].digest, "test_auc")
-    evaluation = mlflow.get_run(eval_run_id)
-    assert evaluation.data.tags["wtag.champion_run_id"] == champion_run_id
-    table = mlflow.artifacts.load_text(f"runs:/{eval_run_id}/comparison.csv").splitlines()
-    assert len(table) == 1 + len(TAGGER_NAMES)
-    # every tagger type was loaded and timed in the single-thread child process
-    for name in TAGGER_NAMES:
-        assert evaluation.data.metrics[f"{name}.ms_per_1k"] > 0
-        assert evaluation.data.metrics[f"{name}.onnx_bytes"] > 0
-
-    export_run_id, version = export_step(experiment_id)  # default: the newest evaluation's champion
-    assert mlflow.get_run(export_run_id).data.params["source_run_id"] == champion_run_id
-    client = MlflowClient()
-    assert client.get_model_version_by_alias("wtag", "champion").version == version
-
-    ds = find_dataset(experiment_id, trained["ds"].digest)
-    tagger = load_tagger(mlflow.get_run(champion_run_id), ds)
-    test = ds.test.inputs(tagger.inputs)
-    served = mlflow.pyfunc.load_model("models:/wtag@champion").predict(test)["score"]
-    native = tagger.predict(test)
-    assert served.shape == native.shape
-    assert np.mean(np.abs(served - native) > 1e-4) < 0.01
-    assert np.max(np.abs(served - native)) < 1e-2
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -5,29 +5,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import mlflow_run
+from conftest import runs_of as _runs
 from wtag.dataset import load_prepared
-
-
-def _runs(client: MlflowClient, experiment: str, entry_point: str):
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], f"tags.`wtag.entry_point` = '{entry_point}'")
-
-
-@pytest.fixture(scope="session")
-def main_twice(trained_all):
-    """`mlflow run . -e main` twice with the parameters of the finished `train` run."""
-    uri, experiment, _, params, _ = trained_all
-    client = MlflowClient(uri)
-    before = {ep: len(_runs(client, experiment, ep)) for ep in ("prepare", "train", "train_tagger")}
-    first = mlflow_run("main", params, uri, experiment)
-    assert first.returncode == 0, first.stderr[-4000:]
-    after_first = {ep: len(_runs(client, experiment, ep)) for ep in ("prepare", "train", "train_tagger", "evaluate",
-                                                                     "export")}
-    second = mlflow_run("main", params, uri, experiment)
-    assert second.returncode == 0, second.stderr[-4000:]
-    after_second = {ep: len(_runs(client, experiment, ep)) for ep in after_first}
-    return uri, experiment, before, after_first, after_second
+from wtag.runs import find_dataset, load_tagger
+from wtag.schema import Tag
+from wtag.taggers import TAGGER_NAMES
 
 
 @pytest.mark.slow
@@ -35,12 +17,14 @@ def test_main_reuses_finished_steps(main_twice):
     uri, experiment, before, after_first, after_second = main_twice
     # the first main reuses prepare and train from the earlier `train` run, and adds evaluate + export (a second
     # export when a different candidate than the champion qualifies as `decorrelated`)
-    assert {k: after_first[k] for k in before} == before
+    reused = ("prepare", "train", "train_tagger")
+    assert {k: after_first[k] for k in reused} == {k: before[k] for k in reused}
     main = _runs(MlflowClient(uri), experiment, "main")[-1]  # the first main run (search is newest first)
     tags = main.data.tags
     second_export = bool(tags.get("wtag.step.decorrelated")) and tags["wtag.step.decorrelated"] != tags[
         "wtag.step.champion"]
-    assert after_first["evaluate"] == 1 and after_first["export"] == 1 + second_export
+    assert after_first["evaluate"] - before["evaluate"] == 1
+    assert after_first["export"] - before["export"] == 1 + second_export
     # the second reuses every step: no new runs but its own main run
     assert after_second == after_first
 
@@ -67,12 +51,20 @@ def test_champion_alias_serves_an_onnx_model_equal_to_the_native_one(main_twice)
     tolerance = 1e-4
     frac = np.mean(np.abs(scores - logged["score"]) > tolerance)
     assert frac < (0.01 if tagger == "bdt" else 1e-9), (tagger, frac)
+    # and equal to the native model reloaded from its run, as the export step loads it
+    native = load_tagger(champion, find_dataset(champion.info.experiment_id, ds.digest)).predict(inputs)
+    assert native.shape == scores.shape
+    assert np.mean(np.abs(scores - native) > tolerance) < 0.01
+    assert np.max(np.abs(scores - native)) < 1e-2
+    export = client.get_run(version.tags.get(Tag.EXPORT_RUN_ID) or version.run_id)
+    assert export.data.params["source_run_id"] == champion.info.run_id
 
 
 @pytest.mark.slow
 def test_main_run_shows_the_champion_and_the_decorrelated_choice(main_twice):
     uri, experiment, *_ = main_twice
     client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
     main = _runs(client, experiment, "main")[0]
     champion = client.get_run(main.data.tags["wtag.step.champion"])
     assert main.data.tags["wtag.best_run_id"] == champion.info.run_id
@@ -83,6 +75,13 @@ def test_main_run_shows_the_champion_and_the_decorrelated_choice(main_twice):
     assert {i.dataset.name for i in main.inputs.dataset_inputs} >= {"wtag-pythia-train", "wtag-pythia-test"}
     assert main.data.params["max_sculpting"] == "0.05"
     evaluation = client.get_run(main.data.tags["wtag.step.evaluate"])
+    assert evaluation.data.tags["wtag.champion_run_id"] == champion.info.run_id
+    table = mlflow.artifacts.load_text(f"runs:/{evaluation.info.run_id}/comparison.csv").splitlines()
+    assert len(table) == 1 + len(TAGGER_NAMES)
+    # every tagger type was loaded and timed in the single-thread child process
+    for name in TAGGER_NAMES:
+        assert evaluation.data.metrics[f"{name}.ms_per_1k"] > 0, name
+        assert evaluation.data.metrics[f"{name}.onnx_bytes"] > 0, name
     chosen = evaluation.data.tags.get("wtag.decorrelated_run_id")
     if chosen:  # a candidate sculpted little enough: main registered it under the second alias
         assert main.data.tags["wtag.step.decorrelated"] == chosen

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from onnx_models import N_HL, TOKEN, Server, assert_scores, hl_batch, metric, offline_scores, physical_hl_model, serve
 from serving.settings import TOKEN_ENV
 from wtag import schema
-from wtag.tracking_server import free_port
+from ports import free_port
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

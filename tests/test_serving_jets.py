@@ -22,7 +22,7 @@ from serving.settings import TOKEN_ENV
 from wtag import schema
 from wtag.features import complete_jets, model_inputs
 from wtag.jets import make_jets, write_jets
-from wtag.tracking_server import free_port
+from ports import free_port
 
 JSON = {"Content-Type": "application/json"}
 _JET = {"pt": [10.0, 20.0], "eta": [0.1, 0.2], "phi": [1.0, 1.1]}

@@ -17,7 +17,7 @@ from wtag.tracking import (
     require_server,
     tracked_run,
 )
-from wtag.tracking_server import free_port
+from ports import free_port
 
 
 def test_unreachable_server_fails_fast_naming_the_uri():

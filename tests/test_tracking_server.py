@@ -8,7 +8,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from wtag.tracking_server import ServerPaths, free_port, is_healthy, is_mlflow_server, start_server, stop_server
+from ports import free_port
+from wtag.tracking_server import ServerPaths, is_healthy, is_mlflow_server, start_server, stop_server
 
 
 def test_session_server_is_a_real_mlflow_server(tracking_server):
