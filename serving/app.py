@@ -16,31 +16,30 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import wtag
-from serving.batcher import BatcherStopped
-from serving.edge import OPEN_PATHS, EdgeMiddleware
-from serving.protocols import PROTOCOLS
+from serving.auth import BearerAuth
+from serving.edge import EdgeMiddleware
+from serving.errors import HANDLED
+from serving.protocols import PROTOCOLS, prepare_decoder
 from serving.service import Service
 from serving.settings import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_PORT, ServerSettings
-from serving.wire import RequestError, error_response
-from wtag.errors import WtagError
+from serving.wire import error_response
 
 log = logging.getLogger("wtag.serving")
 # Seconds in-flight requests get to finish once shutdown begins (HTTP, then gRPC).
 HTTP_GRACE_S = 10
 GRPC_GRACE_S = 5
+# The API document is the app's own; it stays reachable without a token, as the protocols' probes do.
+DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings | None = None,
                grpc_address: tuple[str, int] | None = None) -> FastAPI:
     """Load the model (path, MLflow URI or bytes) and build the app; nothing is shared between apps. With
     ``grpc_address`` (host, port), the KServe v2 gRPC service runs beside it, started and stopped with it."""
-    service = Service.load(model, settings or ServerSettings())
+    service = Service.load(model, settings or ServerSettings(), prepare_decoder)
     tagger = service.tagger
     log.info("serving model %s (registered model %s, version %s) sha256 %s tagger %s inputs %s on %s",
              tagger.source.public_uri, tagger.source.registered_name or "-", tagger.source.version or "-",
@@ -67,20 +66,22 @@ def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings |
                               "Protocols: MLflow `/invocations`, KServe v2 `/v2/...`, bulk `.npy` "
                               "`/v1/score-npy`, raw PF-candidate jets `/v1/score-jets` and files "
                               "`/v1/score-file`.")
-    app.add_middleware(EdgeMiddleware, settings=service.settings, metrics=service.metrics,
-                       routes=lambda: app.routes)
     app.state.service = service
     app.state.tagger = tagger
     app.state.settings = service.settings
-    add_error_handlers(app)
+    add_error_handlers(app, service)
     documented: dict[str, dict[str, Any]] = {}
     plain = []
+    open_paths = set(DOC_PATHS)
     for protocol in PROTOCOLS:
         routes = protocol.routes(service)
         app.include_router(routes.router)
         plain += routes.plain
         documented.update(routes.documented)
+        open_paths |= routes.open
     app.router.routes[:0] = plain  # the hot scoring routes are matched first
+    app.add_middleware(EdgeMiddleware, settings=service.settings, metrics=service.metrics,
+                       routes=lambda: app.routes, auth=service.auth, open_paths=open_paths)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -94,37 +95,16 @@ def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings |
     return app
 
 
-def add_error_handlers(app: FastAPI) -> None:
-    """The default error style, ``{"error": message}``, for what the protocol modules do not answer themselves
-    (FastAPI routes' errors, unknown routes and methods, invalid query parameters) and 500 for bugs."""
+def add_error_handlers(app: FastAPI, service: Service) -> None:
+    """Errors the protocol modules do not answer themselves (FastAPI routes, unknown routes and methods,
+    invalid query parameters, bugs), answered ``{"error": message}`` as the one error policy maps them."""
 
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, exc: RequestError) -> Response:
-        return error_response(exc.status, exc.message, exc.headers)
+    async def answer(request: Request, exc: Exception) -> Response:
+        failed = service.failure(exc, f"{request.method} {request.url.path}")
+        return error_response(failed.status, failed.message, failed.headers)
 
-    @app.exception_handler(WtagError)
-    async def _wtag_error(request: Request, exc: WtagError) -> Response:
-        return error_response(422, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(422, f"{where}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = exc.detail if exc.status_code != 404 else f"no route {request.method} {request.url.path}"
-        return error_response(exc.status_code, str(message), getattr(exc, "headers", None))
-
-    @app.exception_handler(BatcherStopped)
-    async def _stopped(request: Request, exc: BatcherStopped) -> Response:
-        return error_response(503, f"not scored: {exc}")
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+    for kind in HANDLED:
+        app.add_exception_handler(kind, answer)
 
 
 def run(model: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: ServerSettings | None = None,
@@ -161,4 +141,4 @@ def serve_process(model: str, host: str, port: int, settings: ServerSettings, gr
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 
-__all__ = ["OPEN_PATHS", "ServerSettings", "create_app", "run"]
+__all__ = ["ServerSettings", "create_app", "run"]

@@ -8,7 +8,6 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
-import importlib
 import logging
 import multiprocessing
 import zlib
@@ -19,12 +18,13 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.batcher import BatcherStopped, DynamicBatcher
+from serving.auth import BearerAuth
+from serving.batcher import DynamicBatcher
+from serving.errors import Failure, failure
 from serving.settings import ServerSettings
 from serving.telemetry import ServerMetrics
 from serving.wire import RequestError, error_response
 from wtag import schema
-from wtag.errors import WtagError
 from wtag.inference import OnnxTagger
 
 log = logging.getLogger("wtag.serving")
@@ -50,12 +50,16 @@ class Service:
     metrics: ServerMetrics
     batcher: DynamicBatcher
     pool: concurrent.futures.Executor
+    auth: BearerAuth
     in_flight: int = 0
     large_since_trim: bool = False  # a large body was handled since the heap was last trimmed
     _trimmer: asyncio.Task[None] | None = None
 
     @classmethod
-    def load(cls, model: Any, settings: ServerSettings) -> Service:
+    def load(cls, model: Any, settings: ServerSettings, prepare_decoder: Callable[[], None] | None = None
+             ) -> Service:
+        """``prepare_decoder`` runs once in each decode process (a module-level function: it is pickled by
+        reference), so what the protocols decode with is imported before the first request."""
         tagger = OnnxTagger(model, device=settings.device, max_batch=settings.max_batch_size,
                             intra_op_threads=settings.ort_threads())
         metrics = ServerMetrics(settings.max_batch_size)
@@ -65,7 +69,8 @@ class Service:
                     for name, shape in tagger.input_shapes.items()})
         batcher = DynamicBatcher(tagger.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000.0,
                                  observe=metrics.observe_batch, split_rows=max(1, settings.max_batch_size // 4))
-        return cls(tagger, settings, metrics, batcher, decode_pool(settings.decoders()))
+        return cls(tagger, settings, metrics, batcher, decode_pool(settings.decoders(), prepare_decoder),
+                   BearerAuth(settings.auth_token))
 
     def start(self) -> None:
         self.batcher.start()
@@ -117,26 +122,24 @@ class Service:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else {}
         raise RequestError(status, message, headers, reason)
 
+    def failure(self, exc: BaseException, where: str) -> Failure:
+        """``exc`` as the one error policy (``serving.errors``) says, with rejections by a limit counted."""
+        answer = failure(exc, where)
+        if answer.reason is not None:
+            self.metrics.rejected.labels(answer.reason).inc()
+        return answer
+
     def guard(self, endpoint: Endpoint, style: ErrorStyle = error_response) -> Endpoint:
-        """``endpoint`` with the errors a client can cause answered in a protocol's ``style``: RequestError with
-        its status (rejections by a limit counted), WtagError (invalid model inputs) as 422, a stopping batcher
-        as 503, anything else (a bug) as 500 with the details in the log."""
+        """``endpoint`` with every exception answered in a protocol's ``style`` as :meth:`failure` maps it, so
+        the connection stays usable whatever went wrong."""
 
         @functools.wraps(endpoint)
         async def answer(request: Request) -> Response:
             try:
                 return await endpoint(request)
-            except RequestError as exc:
-                if exc.reason is not None:
-                    self.metrics.rejected.labels(exc.reason).inc()
-                return style(exc.status, exc.message, exc.headers)
-            except WtagError as exc:
-                return style(422, str(exc), {})
-            except BatcherStopped as exc:
-                return style(503, f"not scored: {exc}", {})
-            except Exception as exc:  # a bug: answered here, so the connection stays usable, and logged
-                log.exception("unexpected error on %s %s", request.method, request.url.path)
-                return style(500, f"internal error ({type(exc).__name__}); see the server log", {})
+            except Exception as exc:  # noqa: BLE001  (the error policy decides; bugs are logged there)
+                failed = self.failure(exc, f"{request.method} {request.url.path}")
+                return style(failed.status, failed.message, failed.headers)
 
         return answer
 
@@ -205,14 +208,14 @@ class Service:
             self.metrics.queued_jets.dec(rows)
 
 
-def decode_pool(processes: int) -> concurrent.futures.Executor:
+def decode_pool(processes: int, prepare: Callable[[], None] | None = None) -> concurrent.futures.Executor:
     """Processes that decode bodies and compute jet features (spawned: never forked from this threaded process;
-    each dies with the server, however it ends); with 0, one thread instead. Started now, so their start-up
-    is not a request's latency."""
+    each dies with the server, however it ends, and runs ``prepare`` first); with 0, one thread instead.
+    Started now, so their start-up is not a request's latency."""
     if processes == 0:
         return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wtag-decode")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_decode_process_init)
+                                                  initializer=_decode_process_init, initargs=(prepare,))
     for started in [pool.submit(_ready) for _ in range(processes)]:
         started.result()
     return pool
@@ -246,14 +249,15 @@ def _ready() -> None:
     model_inputs(complete_jets(jets), tuple(schema.INPUT_SHAPES), max_particles=schema.MAX_PARTICLES)
 
 
-def _decode_process_init() -> None:
+def _decode_process_init(prepare: Callable[[], None] | None) -> None:
     """Ctrl-C is the server's to handle; and a decode process is killed when its server dies (Linux)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    importlib.import_module("serving.protocols")  # what the decode functions need, before the first request
+    if prepare is not None:
+        prepare()
 
 
 def inflate(body: bytes, content_encoding: str, limit: int) -> bytes:

@@ -84,13 +84,15 @@ def jets_decode(body: bytes, caps: Caps | None = None) -> dict[str, Any]:
                                     f"{', '.join(list(_CAND_FIELDS) + list(_JET_FIELDS))}")
         n = None
         for key in _CAND_FIELDS:
-            values = jet.get(key)
-            if values is None:
+            if key not in jet:
                 if key in ("id", "charge"):
                     continue
                 raise RequestError(422, f"jets[{i}] lacks '{key}' (a list per candidate)")
+            values = jet[key]
             if not isinstance(values, list):
-                raise RequestError(422, f"jets[{i}].{key} must be a list, got {json_type(values)}")
+                raise RequestError(422, f"jets[{i}].{key} must be a list (one value per candidate), got "
+                                        f"{json_type(values)}" + ("; leave it out instead" if key in ("id", "charge")
+                                                                  else ""))
             if n is None:
                 n = len(values)
             elif len(values) != n:
@@ -105,6 +107,8 @@ def jets_decode(body: bytes, caps: Caps | None = None) -> dict[str, Any]:
             flat[key].extend(jet[key] if key in jet else [0] * n)
         for key in _JET_FIELDS:
             if key in jet:
+                if not isinstance(jet[key], int | float) or isinstance(jet[key], bool):
+                    raise RequestError(422, f"jets[{i}].{key} must be a number, got {json_type(jet[key])}")
                 scalars.setdefault(key, [None] * len(jets))[i] = jet[key]
     columns: dict[str, Any] = {}
     for key, branch in _CAND_FIELDS.items():

@@ -18,7 +18,6 @@ from grpc import aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import wtag
-from serving.batcher import BatcherStopped
 from serving.protocols.kserve_v2 import V2_DTYPES, model_config, v2_model_metadata
 from serving.service import MODEL_NAME, Service
 from serving.wire import RequestError
@@ -27,12 +26,6 @@ from wtag.errors import WtagError
 
 log = logging.getLogger("wtag.serving")
 
-# HTTP statuses of RequestError as gRPC codes: 429 and 503 are retryable (UNAVAILABLE), as Triton's queue policy.
-STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-                404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
-                413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
-                422: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.UNAVAILABLE,
-                503: grpc.StatusCode.UNAVAILABLE}
 # Health probes answer without a token, as their HTTP twins do.
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -88,8 +81,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: Service) -> None:
         self.service = service
         self.tagger = service.tagger
-        token = service.settings.auth_token
-        self._expected = f"Bearer {token}" if token else None
         for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
                      "ModelInfer"):
             setattr(self, name, self._rpc(name, getattr(self, f"_{name}")))
@@ -102,23 +93,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def call(request: Any, context: aio.ServicerContext) -> Any:
             code = grpc.StatusCode.OK
             try:
-                if self._expected is not None and name not in OPEN_METHODS:
-                    given = dict(context.invocation_metadata() or ()).get("authorization")
-                    if given != self._expected:
-                        raise RequestError(401, "missing or wrong bearer token (send 'authorization: Bearer <token>' "
-                                                "metadata)")
+                if name not in OPEN_METHODS:
+                    self.service.auth.check(dict(context.invocation_metadata() or ()).get("authorization"),
+                                            "'authorization: Bearer <token>' metadata")
                 return await method(request, context)
-            except RequestError as exc:
-                if exc.reason is not None:
-                    metrics.rejected.labels(exc.reason).inc()
-                code, message = STATUS_CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message
-            except WtagError as exc:
-                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-            except BatcherStopped as exc:
-                code, message = grpc.StatusCode.UNAVAILABLE, f"not scored: {exc}"
-            except Exception as exc:  # a bug: logged, answered INTERNAL
-                log.exception("unexpected error in gRPC %s", name)
-                code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+            except Exception as exc:  # noqa: BLE001  (the error policy decides; bugs are logged there)
+                failed = self.service.failure(exc, f"gRPC {name}")
+                code, message = grpc.StatusCode[failed.grpc_code], failed.message
             finally:
                 metrics.grpc.labels(name, code.name).inc()
             await context.abort(code, message)

@@ -190,7 +190,7 @@ V2_REQUEST = {"type": "object", "required": ["inputs"], "properties": {
 
 def routes(service: Service) -> Routes:
     tagger = service.tagger
-    out = Routes()
+    out = Routes(open={"/v2/health/live", "/v2/health/ready"})
 
     @out.router.get("/v2/health/live", tags=["kserve-v2"], summary="KServe v2 liveness")
     @out.router.get("/v2/health/ready", tags=["kserve-v2"], summary="KServe v2 readiness")

@@ -209,7 +209,7 @@ PREDICTIONS = {"type": "object", "required": ["predictions"], "properties": {"pr
 
 def routes(service: Service) -> Routes:
     tagger = service.tagger
-    out = Routes()
+    out = Routes(open={"/ping", "/health"})
 
     @out.router.get("/ping", tags=["health"], summary="Liveness (as mlflow models serve)")
     @out.router.get("/health", tags=["health"], summary="Liveness (as mlflow models serve)")
