@@ -1,6 +1,6 @@
-"""The REST server: one ONNX tagger behind the protocol modules of ``serving.protocols``.
+"""The REST server: ONNX taggers behind the protocol modules of ``serving.protocols``.
 
-``create_app`` loads the model into a :class:`~serving.service.Service` (tagger, batcher, metrics), lets every
+``create_app`` loads the models into a :class:`~serving.service.Service` (a session and batcher each), lets every
 protocol module add its routes, and wraps them in the shared edge middleware (auth, body limit, metrics).
 Every error a client can cause is a 4xx in the protocol's error style; /metrics exposes Prometheus counters.
 """
@@ -12,16 +12,16 @@ import gc
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 import wtag
-from serving.auth import BearerAuth
 from serving.edge import EdgeMiddleware
 from serving.errors import HANDLED
+from serving.models import ModelRef, name_models
 from serving.protocols import PROTOCOLS, prepare_decoder
 from serving.service import Service
 from serving.settings import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_PORT, ServerSettings
@@ -35,15 +35,25 @@ GRPC_GRACE_S = 5
 DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
-def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings | None = None,
+Models = ModelRef | Sequence[ModelRef | tuple[str, ModelRef]] | Mapping[str, ModelRef]
+
+
+def create_app(models: Models, settings: ServerSettings | None = None,
                grpc_address: tuple[str, int] | None = None) -> FastAPI:
-    """Load the model (path, MLflow URI or bytes) and build the app; nothing is shared between apps. With
-    ``grpc_address`` (host, port), the KServe v2 gRPC service runs beside it, started and stopped with it."""
-    service = Service.load(model, settings or ServerSettings(), prepare_decoder)
+    """Load the models (one reference, a list, or name -> reference; paths, MLflow URIs or bytes) and build the
+    app; nothing is shared between apps. With ``grpc_address`` (host, port), the KServe v2 gRPC service runs
+    beside it, started and stopped with it."""
+    named = models if isinstance(models, Mapping) else \
+        name_models([models] if isinstance(models, str | bytes | os.PathLike) else models)
+    service = Service.load(named, settings or ServerSettings(), prepare_decoder)
+    for model in service.models.values():
+        tagger = model.tagger
+        log.info("serving model %s: %s (registered model %s, version %s) sha256 %s tagger %s inputs %s on %s, "
+                 "%d jets per run (%d bytes per jet)", model.name, tagger.source.public_uri,
+                 tagger.source.registered_name or "-", tagger.source.version or "-", tagger.sha256,
+                 tagger.tagger or "-", ", ".join(tagger.inputs), tagger.provider, tagger.max_batch,
+                 tagger.bytes_per_jet)
     tagger = service.tagger
-    log.info("serving model %s (registered model %s, version %s) sha256 %s tagger %s inputs %s on %s",
-             tagger.source.public_uri, tagger.source.registered_name or "-", tagger.source.version or "-",
-             tagger.sha256, tagger.tagger or "-", ", ".join(tagger.inputs), tagger.provider)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -60,9 +70,11 @@ def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings |
                 await grpc_server.stop(GRPC_GRACE_S)
             await service.stop()
 
+    served = ", ".join(f"`{m.name}` ({m.tagger.source.public_uri}, sha256 {m.tagger.sha256[:12]}…)"
+                       for m in service.models.values())
     app = FastAPI(title="wtag scoring server", version=wtag.__version__, lifespan=lifespan,
-                  description="Scores AK7 jets with the W-tagger ONNX model "
-                              f"`{tagger.source.public_uri}` (sha256 {tagger.sha256[:12]}…, {tagger.provider}). "
+                  description=f"Scores AK7 jets with the W-tagger ONNX models {served} on {tagger.provider}; "
+                              "the first is the default. "
                               "Protocols: MLflow `/invocations`, KServe v2 `/v2/...`, bulk `.npy` "
                               "`/v1/score-npy`, raw PF-candidate jets `/v1/score-jets` and files "
                               "`/v1/score-file`.")
@@ -107,9 +119,9 @@ def add_error_handlers(app: FastAPI, service: Service) -> None:
         app.add_exception_handler(kind, answer)
 
 
-def run(model: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: ServerSettings | None = None,
+def run(model: Models, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: ServerSettings | None = None,
         grpc_port: int = DEFAULT_GRPC_PORT, workers: int = 1) -> None:
-    """Serve ``model`` until interrupted: one process, or ``workers`` processes sharing the ports (SO_REUSEPORT)
+    """Serve the models until interrupted: one process, or ``workers`` processes sharing the ports (SO_REUSEPORT)
     under a supervising parent (``serving.workers``). ``grpc_port`` 0: no gRPC endpoint."""
     settings = settings or ServerSettings()
     if workers > 1:
@@ -120,7 +132,7 @@ def run(model: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings
     serve_process(model, host, port, settings, grpc_port)
 
 
-def serve_process(model: str, host: str, port: int, settings: ServerSettings, grpc_port: int,
+def serve_process(model: Models, host: str, port: int, settings: ServerSettings, grpc_port: int,
                   sock: socket.socket | None = None, ready: Callable[[], None] | None = None) -> None:
     """One server process: build the app, then uvicorn (uvloop and httptools when installed) on ``host:port``
     or the given socket; SIGTERM or Ctrl-C drains in-flight requests for up to HTTP_GRACE_S."""

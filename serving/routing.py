@@ -13,6 +13,9 @@ from starlette.routing import Route
 from serving.service import Endpoint
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
+# The /v1 routes score the first model unless ``?model=NAME`` names another.
+MODEL_QUERY = {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+               "description": "the served model to score with (default: the first)"}
 ERROR_BODY = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import httpx
 import numpy as np
-import onnx
 import pytest
 from google.protobuf import json_format
 
@@ -53,7 +52,7 @@ def test_model_config_over_grpc_and_http_carries_the_real_limits(grpc_server: tu
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
     config = client.get_model_config("wtag", headers=AUTH).config
     client.close()
-    assert config.name == "wtag" and config.platform == "onnxruntime_onnx"
+    assert config.name == "hl" and config.platform == "onnxruntime_onnx"  # one model: "wtag" finds it too
     assert config.max_batch_size == 100_000
     assert list(config.dynamic_batching.preferred_batch_size) == [512]
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
