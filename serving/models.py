@@ -104,7 +104,8 @@ def example_inputs(tagger: OnnxTagger) -> dict[str, np.ndarray]:
 
 
 def check_example(tagger: OnnxTagger, ref: ModelRef) -> None:
-    """Warm the session up on the model's example input and check the scores: one per jet, finite, and (on another provider than the CPU) equal to a CPU session's of ``ref`` within PARITY_ATOL."""
+    """Warm the session up on the model's example input and check the scores: one per jet, finite, and (on
+    another provider than the CPU) equal to a CPU session's of ``ref`` within PARITY_ATOL."""
     inputs = tagger.validate(example_inputs(tagger))
     scores = tagger.run(inputs)
     rows = len(next(iter(inputs.values())))
@@ -189,8 +190,11 @@ class ServedModel:
                 "tagger": tagger.tagger, "jets_per_run": tagger.max_batch, "bytes_per_jet": tagger.bytes_per_jet}
 
     async def stop(self) -> None:
-        for task in list(self.retiring):
+        """Stop the current batcher and, without waiting for their requests, the retiring ones."""
+        retiring = list(self.retiring)
+        for task in retiring:
             task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
         await self.slot.batcher.stop()
 
 

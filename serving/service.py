@@ -100,7 +100,8 @@ class Service:
         for model in self.models.values():
             model.slot.batcher.start()
             if self.settings.follow_alias and model.alias is not None:
-                self._tasks.append(loop.create_task(follow(model, self.settings, self.metrics), name=f"wtag-follow-{model.name}"))
+                self._tasks.append(loop.create_task(follow(model, self.settings, self.metrics),
+                                                    name=f"wtag-follow-{model.name}"))
         self._tasks.append(loop.create_task(self._trim_when_idle(), name="wtag-trim"))
 
     async def stop(self) -> None:

@@ -108,7 +108,8 @@ def test_an_unknown_model_is_404_or_not_found_naming_the_served_models(
     x = hl_batch(2, seed=81)
     with server.client() as client:
         for method, path, params in (("POST", "/v2/models/nope/infer", {}), ("GET", "/v2/models/nope", {}),
-                                     ("GET", "/v2/models/nope/config", {}), ("POST", "/v1/score-npy", {"model": "nope"}),
+                                     ("GET", "/v2/models/nope/config", {}),
+                                     ("POST", "/v1/score-npy", {"model": "nope"}),
                                      ("POST", "/v1/score-jets", {"model": "nope"}),
                                      ("GET", "/v1/metadata", {"model": "nope"})):
             resp = client.request(method, path, params=params, content=npy_bytes(x), headers=NPY)
@@ -145,7 +146,8 @@ def _pair_model(particles: int = 60, channels: int = 8) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "pairs", [helper.make_tensor_value_info("particles", TensorProto.FLOAT, ["N", particles, 4])],
         [helper.make_tensor_value_info(schema.OUTPUT_SCORE, TensorProto.FLOAT, ["N"])],
-        [numpy_helper.from_array(np.array([2], np.int64), "ax2"), numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+        [numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+         numpy_helper.from_array(np.array([1], np.int64), "ax1"),
          numpy_helper.from_array(rng.normal(size=(4, channels)).astype(np.float32), "w")])
     return add_metadata(build_model(graph), ["particles"], "part")
 

@@ -140,7 +140,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _RepositoryIndex(self, request: Any, context: Any) -> service_pb2.RepositoryIndexResponse:
         index = service_pb2.RepositoryIndexResponse.ModelIndex
         return service_pb2.RepositoryIndexResponse(models=[
-            index(name=entry["name"], version=entry["version"], state=entry["state"], reason=f"sha256 {entry['sha256']}")
+            index(name=entry["name"], version=entry["version"], state=entry["state"],
+                  reason=f"sha256 {entry['sha256']}")
             for entry in (m.index() for m in self.service.models.values())])
 
     async def _ModelInfer(self, request: service_pb2.ModelInferRequest, context: Any
