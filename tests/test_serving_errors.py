@@ -21,6 +21,7 @@ from onnx_models import N_HL, TOKEN, Server, hl_batch, npy_bytes, physical_hl_mo
 from serving.app import create_app
 from serving.errors import GRPC_CODES
 from serving.settings import ServerSettings
+from wtag import schema
 from wtag.tracking_server import free_port
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -154,31 +155,31 @@ def test_both_protocols_check_the_token_in_constant_time() -> None:
 
 # ------------------------------------------------------------------------------------------ generated bodies
 
-def _from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+def _from_schema(doc: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Values a JSON schema (the subset the OpenAPI document uses) describes."""
-    if "oneOf" in schema or "anyOf" in schema:
-        return st.one_of([_from_schema(s) for s in schema.get("oneOf") or schema["anyOf"]])
-    if "enum" in schema:
-        return st.sampled_from(schema["enum"])
-    kind = schema.get("type")
+    if "oneOf" in doc or "anyOf" in doc:
+        return st.one_of([_from_schema(s) for s in doc.get("oneOf") or doc["anyOf"]])
+    if "enum" in doc:
+        return st.sampled_from(doc["enum"])
+    kind = doc.get("type")
     if kind == "object":
-        props = schema.get("properties", {})
-        required = schema.get("required", [])
+        props = doc.get("properties", {})
+        required = doc.get("required", [])
         return st.fixed_dictionaries({k: _from_schema(props[k]) if k in props else _json() for k in required},
                                      optional={k: _from_schema(v) for k, v in props.items() if k not in required})
     if kind == "array":
-        items = schema.get("items", {})
-        low = schema.get("minItems", 0)
-        high = schema.get("maxItems", low + 4)
-        if schema.get("uniqueItems") and "enum" in items:
+        items = doc.get("items", {})
+        low = doc.get("minItems", 0)
+        high = doc.get("maxItems", low + 4)
+        if doc.get("uniqueItems") and "enum" in items:
             return st.permutations(items["enum"]).map(lambda names: list(names[:high]))
         return st.lists(_from_schema(items), min_size=low, max_size=high)
     if kind == "number":
-        low = schema.get("exclusiveMinimum")
+        low = doc.get("exclusiveMinimum")
         return st.floats(min_value=low, exclude_min=low is not None, allow_nan=False, allow_infinity=False,
                          width=64)
     if kind == "integer":
-        return st.integers(min_value=schema.get("minimum"))
+        return st.integers(min_value=doc.get("minimum"))
     if kind == "boolean":
         return st.booleans()
     if kind == "string":
@@ -213,9 +214,9 @@ def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
     return copy
 
 
-def _bodies(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+def _bodies(doc: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Documented bodies, and documented bodies with one value (any field, any depth) replaced by any JSON."""
-    valid = _from_schema(schema)
+    valid = _from_schema(doc)
     broken = valid.flatmap(lambda body: st.tuples(st.sampled_from(_paths(body)), _json())
                            .map(lambda change: _replaced(body, *change)))
     return valid | broken
@@ -246,13 +247,13 @@ def documented(hl_server: Server) -> dict[str, Any]:
 @pytest.mark.parametrize("path", ["/v1/score-jets", "/invocations", "/v2/models/{model_name}/infer"])
 def test_generated_json_bodies_never_get_a_server_error(hl_server: Server, documented: dict[str, Any],
                                                         path: str) -> None:
-    schema = documented[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    doc = documented[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
     url = path.replace("{model_name}", "wtag")
     answered: dict[int, int] = {}
     with hl_server.client() as client:
 
         @FUZZ
-        @given(body=_bodies(schema))
+        @given(body=_bodies(doc))
         def post(body: object) -> None:
             resp = client.post(url, content=json.dumps(body), headers={"Content-Type": "application/json"})
             _check(resp, body)
@@ -267,16 +268,18 @@ def test_generated_json_bodies_never_get_a_server_error(hl_server: Server, docum
 @pytest.mark.parametrize("path, media", [("/v1/score-npy", "application/x-npy"),
                                          ("/v1/score-npy", "application/x-npz"),
                                          ("/v1/score-file", "application/octet-stream"),
-                                         ("/v2/models/wtag/infer", "application/octet-stream")])
+                                         ("/v2/models/wtag/infer", "application/octet-stream"),
+                                         ("/invocations", "text/csv")])
 def test_generated_binary_bodies_never_get_a_server_error(hl_server: Server, path: str, media: str) -> None:
-    """Random bytes, and real .npy / .npz / v2 binary bodies with some bytes overwritten."""
+    """Random bytes, and real .npy / .npz / v2 binary / CSV bodies with some bytes overwritten."""
     x = hl_batch(3, seed=74)
     npz = io.BytesIO()
     with zipfile.ZipFile(npz, "w") as archive:
         archive.writestr("hl.npy", npy_bytes(x))
     head = json.dumps({"inputs": [{"name": "hl", "shape": [3, N_HL], "datatype": "FP32",
                                    "parameters": {"binary_data_size": x.nbytes}}]}).encode()
-    seeds = [npy_bytes(x), npz.getvalue(), head + x.tobytes(), b"root" + bytes(60)]
+    csv = (",".join(schema.HL_FEATURES) + "\n" + "\n".join(",".join(map(str, row)) for row in x.tolist())).encode()
+    seeds = [npy_bytes(x), npz.getvalue(), head + x.tobytes(), b"root" + bytes(60), csv]
     headers = {"Content-Type": media}
     if path.startswith("/v2"):
         headers["Inference-Header-Content-Length"] = str(len(head))
