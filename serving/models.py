@@ -163,19 +163,17 @@ class ServedModel:
     def alias(self) -> tuple[str, str] | None:
         return alias_of(self.ref)
 
-    def announce(self) -> None:
-        """Publish this model's current version in /metrics (``wtag_model_info`` 1, earlier versions 0)."""
-        tagger = self.tagger
+    def announce(self, serving: OnnxTagger | None = None, value: int = 1) -> None:
+        """Publish in /metrics which version serves (``wtag_model_info`` 1) and which no longer does (0)."""
+        tagger = serving or self.tagger
         self.metrics.model.labels(self.name, tagger.source.public_uri, tagger.version, tagger.sha256,
-                                  tagger.provider, tagger.tagger or "").set(1)
+                                  tagger.provider, tagger.tagger or "").set(value)
 
     def swap(self, slot: Slot) -> Slot:
         """Serve new requests from ``slot`` (its batcher running); the old slot's batcher stops once no request
         holds it any more. Returns the old slot."""
         old, self.slot = self.slot, slot
-        tagger = old.tagger
-        self.metrics.model.labels(self.name, tagger.source.public_uri, tagger.version, tagger.sha256,
-                                  tagger.provider, tagger.tagger or "").set(0)
+        self.announce(old.tagger, 0)
         self.announce()
         task = asyncio.get_running_loop().create_task(retire(old), name=f"wtag-retire-{self.name}")
         self.retiring.add(task)
