@@ -40,7 +40,7 @@ def test_alias_moves_under_load_and_a_broken_version_keeps_the_old_one(tracking_
 
     mlflow.set_experiment("serving-follow")
     x = hl_batch(20, seed=90)
-    versions = [_register(physical_hl_model(), x[:5]), _register(hl_model(seed=4), x[:5])]
+    versions = [_register(physical_hl_model(), None), _register(hl_model(seed=4), x[:5])]  # v2 checked on x[:5]
     broken = _register(hl_model(seed=6, output="prob"), None)  # loads, but its output is not named 'score'
     files = {}
     for version, proto in zip(versions, (physical_hl_model(), hl_model(seed=4))):
@@ -53,7 +53,7 @@ def test_alias_moves_under_load_and_a_broken_version_keeps_the_old_one(tracking_
     stop = threading.Event()
 
     with serve(f"models:/{NAME}@champion", tmp_path / "server.log", "--follow-alias", "--follow-interval-s",
-               str(INTERVAL_S), env={TOKEN_ENV: None, "MLFLOW_TRACKING_URI": tracking_uri}) as server:
+               str(INTERVAL_S), "--decode-processes", "0", env={TOKEN_ENV: None, "MLFLOW_TRACKING_URI": tracking_uri}) as server:
 
         def post() -> None:
             with httpx.Client(base_url=server.url, timeout=30) as client:
