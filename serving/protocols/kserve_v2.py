@@ -67,7 +67,7 @@ def v2_decode(body: bytes, header_length: str | None) -> tuple[dict[str, np.ndar
                                               for d in shape):
             raise RequestError(422, f"input '{name}' needs 'shape' as a list of non-negative integers")
         datatype = tensor.get("datatype")
-        if datatype not in V2_DTYPES:
+        if not isinstance(datatype, str) or datatype not in V2_DTYPES:
             raise RequestError(422, f"input '{name}' has datatype {datatype!r}; expected one of "
                                     f"{', '.join(V2_DTYPES)}")
         dtype = V2_DTYPES[datatype]
