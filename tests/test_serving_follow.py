@@ -53,14 +53,15 @@ def test_alias_moves_under_load_and_a_broken_version_keeps_the_old_one(tracking_
     stop = threading.Event()
 
     with serve(f"models:/{NAME}@champion", tmp_path / "server.log", "--follow-alias", "--follow-interval-s",
-               str(INTERVAL_S), "--decode-processes", "0", env={TOKEN_ENV: None, "MLFLOW_TRACKING_URI": tracking_uri}) as server:
+               str(INTERVAL_S), "--decode-processes", "0",
+               env={TOKEN_ENV: None, "MLFLOW_TRACKING_URI": tracking_uri}) as server:
 
         def post() -> None:
             with httpx.Client(base_url=server.url, timeout=30) as client:
                 while not stop.is_set():
                     start = time.monotonic()
-                    resp = client.post("/v1/score-npy", content=npy_bytes(x), headers={"Content-Type":
-                                                                                       "application/x-npy"})
+                    resp = client.post("/v1/score-npy", content=npy_bytes(x),
+                                       headers={"Content-Type": "application/x-npy"})
                     scores = np.load(io.BytesIO(resp.content)) if resp.status_code == 200 else None
                     answers.append((start, time.monotonic(), resp.status_code,
                                     resp.headers.get("wtag-model-version", ""), scores))
