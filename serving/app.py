@@ -1,6 +1,6 @@
-"""The REST server: one ONNX tagger behind the protocol modules of ``serving.protocols``.
+"""The REST server: ONNX taggers behind the protocol modules of ``serving.protocols``.
 
-``create_app`` loads the model into a :class:`~serving.service.Service` (tagger, batcher, metrics), lets every
+``create_app`` loads the models into a :class:`~serving.service.Service` (a session and batcher each), lets every
 protocol module add its routes, and wraps them in the shared edge middleware (auth, body limit, metrics).
 Every error a client can cause is a 4xx in the protocol's error style; /metrics exposes Prometheus counters.
 """
@@ -12,39 +12,49 @@ import gc
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import wtag
-from serving.batcher import BatcherStopped
-from serving.edge import OPEN_PATHS, EdgeMiddleware
-from serving.protocols import PROTOCOLS
+from serving.edge import EdgeMiddleware
+from serving.errors import HANDLED
+from serving.models import ModelRef, name_models
+from serving.protocols import PROTOCOLS, prepare_decoder
 from serving.service import Service
 from serving.settings import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_PORT, ServerSettings
-from serving.wire import RequestError, error_response
-from wtag.errors import WtagError
+from serving.wire import error_response
 
 log = logging.getLogger("wtag.serving")
 # Seconds in-flight requests get to finish once shutdown begins (HTTP, then gRPC).
 HTTP_GRACE_S = 10
 GRPC_GRACE_S = 5
+# The API document is the app's own; it stays reachable without a token, as the protocols' probes do.
+DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
-def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings | None = None,
+Models = ModelRef | Sequence[ModelRef | tuple[str, ModelRef]] | Mapping[str, ModelRef]
+
+
+def create_app(models: Models, settings: ServerSettings | None = None,
                grpc_address: tuple[str, int] | None = None) -> FastAPI:
-    """Load the model (path, MLflow URI or bytes) and build the app; nothing is shared between apps. With
-    ``grpc_address`` (host, port), the KServe v2 gRPC service runs beside it, started and stopped with it."""
-    service = Service.load(model, settings or ServerSettings())
+    """Load the models (one reference, a list, or name -> reference; paths, MLflow URIs or bytes) and build the
+    app; nothing is shared between apps. With ``grpc_address`` (host, port), the KServe v2 gRPC service runs
+    beside it, started and stopped with it."""
+    named = models if isinstance(models, Mapping) else \
+        name_models([models] if isinstance(models, str | bytes | os.PathLike) else models)
+    service = Service.load(named, settings or ServerSettings(), prepare_decoder)
+    for model in service.models.values():
+        tagger = model.tagger
+        log.info("serving model %s: %s (registered model %s, version %s) sha256 %s tagger %s inputs %s on %s, "
+                 "%d jets per run (%d bytes per jet)", model.name, tagger.source.public_uri,
+                 tagger.source.registered_name or "-", tagger.source.version or "-", tagger.sha256,
+                 tagger.tagger or "-", ", ".join(tagger.inputs), tagger.provider, tagger.max_batch,
+                 tagger.bytes_per_jet)
     tagger = service.tagger
-    log.info("serving model %s (registered model %s, version %s) sha256 %s tagger %s inputs %s on %s",
-             tagger.source.public_uri, tagger.source.registered_name or "-", tagger.source.version or "-",
-             tagger.sha256, tagger.tagger or "-", ", ".join(tagger.inputs), tagger.provider)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -61,26 +71,30 @@ def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings |
                 await grpc_server.stop(GRPC_GRACE_S)
             await service.stop()
 
+    served = ", ".join(f"`{m.name}` ({m.tagger.source.public_uri}, sha256 {m.tagger.sha256[:12]}…)"
+                       for m in service.models.values())
     app = FastAPI(title="wtag scoring server", version=wtag.__version__, lifespan=lifespan,
-                  description="Scores AK7 jets with the W-tagger ONNX model "
-                              f"`{tagger.source.public_uri}` (sha256 {tagger.sha256[:12]}…, {tagger.provider}). "
+                  description=f"Scores AK7 jets with the W-tagger ONNX models {served} on {tagger.provider}; "
+                              "the first is the default. "
                               "Protocols: MLflow `/invocations`, KServe v2 `/v2/...`, bulk `.npy` "
                               "`/v1/score-npy`, raw PF-candidate jets `/v1/score-jets` and files "
                               "`/v1/score-file`.")
-    app.add_middleware(EdgeMiddleware, settings=service.settings, metrics=service.metrics,
-                       routes=lambda: app.routes)
     app.state.service = service
     app.state.tagger = tagger
     app.state.settings = service.settings
-    add_error_handlers(app)
+    add_error_handlers(app, service)
     documented: dict[str, dict[str, Any]] = {}
     plain = []
+    open_paths = set(DOC_PATHS)
     for protocol in PROTOCOLS:
         routes = protocol.routes(service)
         app.include_router(routes.router)
         plain += routes.plain
         documented.update(routes.documented)
+        open_paths |= routes.open
     app.router.routes[:0] = plain  # the hot scoring routes are matched first
+    app.add_middleware(EdgeMiddleware, settings=service.settings, metrics=service.metrics,
+                       routes=lambda: app.routes, auth=service.auth, open_paths=open_paths)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -94,42 +108,21 @@ def create_app(model: str | os.PathLike[str] | bytes, settings: ServerSettings |
     return app
 
 
-def add_error_handlers(app: FastAPI) -> None:
-    """The default error style, ``{"error": message}``, for what the protocol modules do not answer themselves
-    (FastAPI routes' errors, unknown routes and methods, invalid query parameters) and 500 for bugs."""
+def add_error_handlers(app: FastAPI, service: Service) -> None:
+    """Errors the protocol modules do not answer themselves (FastAPI routes, unknown routes and methods,
+    invalid query parameters, bugs), answered ``{"error": message}`` as the one error policy maps them."""
 
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, exc: RequestError) -> Response:
-        return error_response(exc.status, exc.message, exc.headers)
+    async def answer(request: Request, exc: Exception) -> Response:
+        failed = service.failure(exc, f"{request.method} {request.url.path}")
+        return error_response(failed.status, failed.message, failed.headers)
 
-    @app.exception_handler(WtagError)
-    async def _wtag_error(request: Request, exc: WtagError) -> Response:
-        return error_response(422, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(422, f"{where}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = exc.detail if exc.status_code != 404 else f"no route {request.method} {request.url.path}"
-        return error_response(exc.status_code, str(message), getattr(exc, "headers", None))
-
-    @app.exception_handler(BatcherStopped)
-    async def _stopped(request: Request, exc: BatcherStopped) -> Response:
-        return error_response(503, f"not scored: {exc}")
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+    for kind in HANDLED:
+        app.add_exception_handler(kind, answer)
 
 
-def run(model: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: ServerSettings | None = None,
+def run(model: Models, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: ServerSettings | None = None,
         grpc_port: int = DEFAULT_GRPC_PORT, workers: int = 1) -> None:
-    """Serve ``model`` until interrupted: one process, or ``workers`` processes sharing the ports (SO_REUSEPORT)
+    """Serve the models until interrupted: one process, or ``workers`` processes sharing the ports (SO_REUSEPORT)
     under a supervising parent (``serving.workers``). ``grpc_port`` 0: no gRPC endpoint."""
     settings = settings or ServerSettings()
     if workers > 1:
@@ -140,7 +133,7 @@ def run(model: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings
     serve_process(model, host, port, settings, grpc_port)
 
 
-def serve_process(model: str, host: str, port: int, settings: ServerSettings, grpc_port: int,
+def serve_process(model: Models, host: str, port: int, settings: ServerSettings, grpc_port: int,
                   sock: socket.socket | None = None, ready: Callable[[], None] | None = None) -> None:
     """One server process: build the app, then uvicorn (uvloop and httptools when installed) on ``host:port``
     or the given socket; SIGTERM or Ctrl-C drains in-flight requests for up to HTTP_GRACE_S."""
@@ -161,4 +154,4 @@ def serve_process(model: str, host: str, port: int, settings: ServerSettings, gr
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 
-__all__ = ["OPEN_PATHS", "ServerSettings", "create_app", "run"]
+__all__ = ["ServerSettings", "create_app", "run"]

@@ -16,6 +16,7 @@ from wtag.inference import DEVICES
 from wtag.tracking import DEFAULT_TRACKING_URI
 
 DEFAULT_MODEL = f"models:/{schema.REGISTERED_MODEL}@{schema.CHAMPION_ALIAS}"
+DECORRELATED_MODEL = f"models:/{schema.REGISTERED_MODEL}@{schema.DECORRELATED_ALIAS}"
 # Flags that map one to one onto ServerSettings fields: (flag, field, type).
 _SETTING_FLAGS = (("--max-batch-size", "max_batch_size", int), ("--max-queue-delay-ms", "max_queue_delay_ms", float),
                   ("--max-body-bytes", "max_body_bytes", int), ("--request-timeout-s", "request_timeout_s", float),
@@ -25,13 +26,20 @@ _SETTING_FLAGS = (("--max-batch-size", "max_batch_size", int), ("--max-queue-del
                   ("--max-jets-per-request", "max_jets_per_request", int),
                   ("--max-candidates-per-jet", "max_candidates_per_jet", int),
                   ("--max-root-bytes", "max_root_bytes", int),
-                  ("--decode-processes", "decode_processes", int))
+                  ("--decode-processes", "decode_processes", int),
+                  ("--max-run-bytes", "max_run_bytes", int),
+                  ("--follow-interval-s", "follow_interval_s", float))
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(ServerSettings)}
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"ONNX file, MLflow model dir or URI (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", action="append",
+                        help="ONNX file, MLflow model dir or URI, optionally NAME=MODEL; repeat it or give a comma "
+                             "list to serve several (the first is the default model). Default: "
+                             f"{DEFAULT_MODEL}, and {DECORRELATED_MODEL} when that alias exists")
+    parser.add_argument("--follow-alias", action="store_true", default=None,
+                        help="load a registry alias's new version when it moves (checked every "
+                             "--follow-interval-s), swapping it in without a restart")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
     parser.add_argument("--grpc-port", type=int,
@@ -58,7 +66,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 def settings_from(args: argparse.Namespace) -> ServerSettings:
     """The server settings: flags first, then WTAG_SERVE_* variables, then the defaults."""
     overrides = {field: getattr(args, field) for _, field, _ in _SETTING_FLAGS}
-    return ServerSettings.from_env(device=args.device, **overrides)
+    return ServerSettings.from_env(device=args.device, follow_alias=args.follow_alias, **overrides)
 
 
 def grpc_port_of(args: argparse.Namespace) -> int:
@@ -75,17 +83,32 @@ def grpc_port_of(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Serve ``args.model`` until interrupted; WtagError for bad settings, a bad model or a busy port."""
     from serving.app import run  # the web stack loads only when serving, not when a CLI lists its commands
+    from serving.models import name_models
 
     grpc_port = grpc_port_of(args)
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise WtagError(f"--workers must be >= 1, got {workers}")
     settings = settings_from(args)
-    if args.model.startswith(("models:/", "runs:/")) and not os.environ.get("MLFLOW_TRACKING_URI"):
+    refs = [ref.strip() for given in args.model or () for ref in given.split(",") if ref.strip()]
+    if any(ref.split("=", 1)[-1].startswith(("models:/", "runs:/")) for ref in refs or [DEFAULT_MODEL]) \
+            and not os.environ.get("MLFLOW_TRACKING_URI"):
         # the project's tracking server, for this process and the workers it starts
         os.environ["MLFLOW_TRACKING_URI"] = DEFAULT_TRACKING_URI
-    run(args.model, host=args.host, port=args.port, settings=settings, grpc_port=grpc_port, workers=workers)
+    models = name_models(refs or default_models())
+    run(models, host=args.host, port=args.port, settings=settings, grpc_port=grpc_port, workers=workers)
     return 0
+
+
+def default_models() -> list[str]:
+    """The champion, and the decorrelated candidate when ``main`` has given that alias a version."""
+    from wtag.inference import registry_version
+
+    try:
+        registry_version(DECORRELATED_MODEL)
+    except Exception:  # noqa: BLE001  (no such alias, or no registry: serve the champion alone)
+        return [DEFAULT_MODEL]
+    return [DEFAULT_MODEL, DECORRELATED_MODEL]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

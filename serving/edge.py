@@ -2,21 +2,17 @@
 per-route request metrics (labels bounded: route templates, known methods, status codes)."""
 from __future__ import annotations
 
-import hmac
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.auth import BearerAuth
 from serving.settings import ServerSettings
 from serving.telemetry import ServerMetrics
-from serving.wire import error_response
-
-# Probes and the API document stay reachable without a token (they carry no data).
-OPEN_PATHS = frozenset({"/ping", "/health", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/docs",
-                        "/docs/oauth2-redirect", "/redoc"})
+from serving.wire import RequestError, error_response
 
 
 def _flatten(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
@@ -30,16 +26,18 @@ def _flatten(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
 
 
 class EdgeMiddleware:
-    """Outermost layer: bearer-token check, early 413 from Content-Length, and per-route metrics."""
+    """Outermost layer: bearer-token check (except on ``open_paths``, which the protocols declare), early 413
+    from Content-Length, and per-route metrics."""
 
     def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics,
-                 routes: Callable[[], list[BaseRoute]]) -> None:
+                 routes: Callable[[], list[BaseRoute]], auth: BearerAuth, open_paths: Collection[str]) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
         self.routes = routes
+        self.auth = auth
+        self.open_paths = frozenset(open_paths)
         self._flat: list[BaseRoute] | None = None
-        self._expected = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,11 +73,11 @@ class EdgeMiddleware:
 
     def _reject(self, scope: Scope) -> Response | None:
         headers = dict(scope["headers"])
-        if self._expected is not None and scope["path"] not in OPEN_PATHS:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):
-                return error_response(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
-                                      {"WWW-Authenticate": "Bearer"})
+        if self.auth.enabled and scope["path"] not in self.open_paths:
+            try:
+                self.auth.check(headers.get(b"authorization"), "'Authorization: Bearer <token>'")
+            except RequestError as exc:
+                return error_response(exc.status, exc.message, exc.headers)
         length = headers.get(b"content-length")
         if length is not None:
             try:

@@ -13,6 +13,9 @@ from starlette.routing import Route
 from serving.service import Endpoint
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
+# The /v1 routes score the first model unless ``?model=NAME`` names another.
+MODEL_QUERY = {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+               "description": "the served model to score with (default: the first)"}
 ERROR_BODY = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 
 
@@ -23,11 +26,13 @@ def body_doc(media: dict[str, Any], description: str) -> dict[str, Any]:
 @dataclasses.dataclass
 class Routes:
     """One protocol's routes. The plain routes skip FastAPI's per-request dependency solving, a sizeable share
-    of a small request's cost; ``documented`` holds their OpenAPI path items."""
+    of a small request's cost; ``documented`` holds their OpenAPI path items; ``open`` the paths that answer
+    without the bearer token (probes that carry no data)."""
 
     router: APIRouter = dataclasses.field(default_factory=APIRouter)
     plain: list[Route] = dataclasses.field(default_factory=list)
     documented: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    open: set[str] = dataclasses.field(default_factory=set)
 
     def post(self, paths: Sequence[str], endpoint: Endpoint, tag: str, summary: str, body: dict[str, Any],
              answer: dict[str, Any], query: Sequence[dict[str, Any]] = (),

@@ -1,5 +1,6 @@
-"""The served model and what every protocol does with a request: admission, read the body, decode it off the
-event loop, score through the batcher, check the model name, answer errors in the protocol's own style."""
+"""The served models and what every protocol does with a request: find the model by name, admission, read
+the body, decode it off the event loop, score through the model's batcher, answer errors in the protocol's
+own style as the one error policy (``serving.errors``) maps them."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +9,6 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
-import importlib
-import logging
 import multiprocessing
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -19,18 +18,19 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.batcher import BatcherStopped, DynamicBatcher
+from serving.auth import BearerAuth
+from serving.batcher import DynamicBatcher
+from serving.errors import Failure, failure
+from serving.follow import follow
+from serving.models import ModelRef, ServedModel, by_name, load_slot
 from serving.settings import ServerSettings
 from serving.telemetry import ServerMetrics
 from serving.wire import RequestError, error_response
-from wtag import schema
-from wtag.errors import WtagError
 from wtag.inference import OnnxTagger
 
-log = logging.getLogger("wtag.serving")
-
-# The name clients address the model by (KServe v2 and gRPC); the registry name it is published under.
-MODEL_NAME = schema.REGISTERED_MODEL
+# Headers of every scoring answer: the model and the version that computed the scores.
+MODEL_HEADER = "wtag-model"
+VERSION_HEADER = "wtag-model-version"
 
 # Bodies at least this large are decoded in a decode process; smaller ones cost less than the hand-off.
 OFFLOAD_BYTES = 64 * 1024
@@ -42,41 +42,75 @@ ErrorStyle = Callable[[int, str, Mapping[str, str]], Response]
 
 
 @dataclasses.dataclass
-class Service:
-    """One model behind one batcher; built once per app, shared by every protocol module."""
+class Scored:
+    """A request's scores and the model version that computed them (answers name it)."""
 
-    tagger: OnnxTagger
+    scores: np.ndarray
+    model: str
+    version: str
+
+    def headers(self) -> dict[str, str]:
+        return {MODEL_HEADER: self.model, VERSION_HEADER: self.version}
+
+
+@dataclasses.dataclass
+class Service:
+    """The served models (each with its own session and batcher), admission control, decode processes, auth
+    and metrics; built once per app, shared by every protocol module. The first model is the default."""
+
+    models: dict[str, ServedModel]
     settings: ServerSettings
     metrics: ServerMetrics
-    batcher: DynamicBatcher
     pool: concurrent.futures.Executor
+    auth: BearerAuth
     in_flight: int = 0
     large_since_trim: bool = False  # a large body was handled since the heap was last trimmed
-    _trimmer: asyncio.Task[None] | None = None
+    _tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def load(cls, model: Any, settings: ServerSettings) -> Service:
-        tagger = OnnxTagger(model, device=settings.device, max_batch=settings.max_batch_size,
-                            intra_op_threads=settings.ort_threads())
+    def load(cls, models: Mapping[str, ModelRef], settings: ServerSettings,
+             prepare_decoder: Callable[[], None] | None = None) -> Service:
+        """Load every model (name -> reference). ``prepare_decoder`` runs once in each decode process (a
+        module-level function: it is pickled by reference), so what the protocols decode with is imported
+        before the first request."""
         metrics = ServerMetrics(settings.max_batch_size)
-        metrics.model.labels(tagger.source.public_uri, tagger.version, tagger.sha256, tagger.provider,
-                             tagger.tagger or "").set(1)
-        tagger.run({name: np.zeros((1, *(d or 1 for d in shape[1:])), dtype=np.float32)
-                    for name, shape in tagger.input_shapes.items()})
-        batcher = DynamicBatcher(tagger.run, settings.max_batch_size, settings.max_queue_delay_ms / 1000.0,
-                                 observe=metrics.observe_batch, split_rows=max(1, settings.max_batch_size // 4))
-        return cls(tagger, settings, metrics, batcher, decode_pool(settings.decoders()))
+        served = {name: ServedModel(name, ref, load_slot(ref, name, settings, metrics), metrics)
+                  for name, ref in models.items()}
+        for model in served.values():
+            model.announce()
+        return cls(served, settings, metrics, decode_pool(settings.decoders(), prepare_decoder),
+                   BearerAuth(settings.auth_token))
+
+    @property
+    def default(self) -> ServedModel:
+        return next(iter(self.models.values()))
+
+    @property
+    def tagger(self) -> OnnxTagger:
+        """The default model's tagger."""
+        return self.default.tagger
+
+    @property
+    def batcher(self) -> DynamicBatcher:
+        """The default model's batcher."""
+        return self.default.slot.batcher
 
     def start(self) -> None:
-        self.batcher.start()
-        self._trimmer = asyncio.get_running_loop().create_task(self._trim_when_idle(), name="wtag-trim")
+        loop = asyncio.get_running_loop()
+        for model in self.models.values():
+            model.slot.batcher.start()
+            if self.settings.follow_alias and model.alias is not None:
+                self._tasks.append(loop.create_task(follow(model, self.settings, self.metrics),
+                                                    name=f"wtag-follow-{model.name}"))
+        self._tasks.append(loop.create_task(self._trim_when_idle(), name="wtag-trim"))
 
     async def stop(self) -> None:
-        if self._trimmer is not None:
-            self._trimmer.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._trimmer
-        await self.batcher.stop()
+                await task
+        for model in self.models.values():
+            await model.stop()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     async def _trim_when_idle(self) -> None:
@@ -88,17 +122,21 @@ class Service:
                 self.large_since_trim = False
                 await asyncio.get_running_loop().run_in_executor(None, trim_memory)
 
-    def check_model(self, model_name: str, version: str | None = None) -> None:
-        if model_name != MODEL_NAME:
-            raise RequestError(404, f"unknown model '{model_name}'; this server serves '{MODEL_NAME}'")
-        if version is not None and version != self.tagger.version:
-            raise RequestError(404, f"model '{MODEL_NAME}' has no version '{version}' "
-                                    f"(serving {self.tagger.version})")
+    def model(self, name: str | None = None, version: str | None = None) -> ServedModel:
+        """The model called ``name`` (None: the default), at ``version`` when given (404 naming what is served)."""
+        model = by_name(self.models, name)
+        if version is not None and version != model.slot.version:
+            raise RequestError(404, f"model '{model.name}' has no version '{version}' (serving {model.slot.version})")
+        return model
+
+    def model_of(self, request: Request) -> ServedModel:
+        """The model a /v1 request names with ``?model=NAME`` (none: the default)."""
+        return self.model(request.query_params.get("model"))
 
     @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admitted(self, model: ServedModel) -> Iterator[None]:
         """Hold one of ``max_inflight_requests`` places for a scoring request (429 when none is free), and
-        announce it to the batcher."""
+        announce it to the model's batcher."""
         if self.in_flight >= self.settings.max_inflight_requests:
             self.reject("requests_in_flight", 429, f"{self.in_flight} requests in flight, the limit "
                                                    f"(max_inflight_requests) is {self.settings.max_inflight_requests}; "
@@ -106,7 +144,7 @@ class Service:
         self.in_flight += 1
         self.metrics.in_flight.inc()
         try:
-            with self.batcher.announce():
+            with model.slot.batcher.announce():
                 yield
         finally:
             self.in_flight -= 1
@@ -117,26 +155,24 @@ class Service:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else {}
         raise RequestError(status, message, headers, reason)
 
+    def failure(self, exc: BaseException, where: str) -> Failure:
+        """``exc`` as the one error policy (``serving.errors``) says, with rejections by a limit counted."""
+        answer = failure(exc, where)
+        if answer.reason is not None:
+            self.metrics.rejected.labels(answer.reason).inc()
+        return answer
+
     def guard(self, endpoint: Endpoint, style: ErrorStyle = error_response) -> Endpoint:
-        """``endpoint`` with the errors a client can cause answered in a protocol's ``style``: RequestError with
-        its status (rejections by a limit counted), WtagError (invalid model inputs) as 422, a stopping batcher
-        as 503, anything else (a bug) as 500 with the details in the log."""
+        """``endpoint`` with every exception answered in a protocol's ``style`` as :meth:`failure` maps it, so
+        the connection stays usable whatever went wrong."""
 
         @functools.wraps(endpoint)
         async def answer(request: Request) -> Response:
             try:
                 return await endpoint(request)
-            except RequestError as exc:
-                if exc.reason is not None:
-                    self.metrics.rejected.labels(exc.reason).inc()
-                return style(exc.status, exc.message, exc.headers)
-            except WtagError as exc:
-                return style(422, str(exc), {})
-            except BatcherStopped as exc:
-                return style(503, f"not scored: {exc}", {})
-            except Exception as exc:  # a bug: answered here, so the connection stays usable, and logged
-                log.exception("unexpected error on %s %s", request.method, request.url.path)
-                return style(500, f"internal error ({type(exc).__name__}); see the server log", {})
+            except Exception as exc:  # noqa: BLE001  (the error policy decides; bugs are logged there)
+                failed = self.failure(exc, f"{request.method} {request.url.path}")
+                return style(failed.status, failed.message, failed.headers)
 
         return answer
 
@@ -184,35 +220,40 @@ class Service:
         except concurrent.futures.BrokenExecutor:
             raise RequestError(503, "a decode process died; the request was not scored") from None
 
-    async def score(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        """Validated, then scored in whichever batch the request lands in (429 when too many jets are queued,
-        503 past the request timeout)."""
-        validated = self.tagger.validate(inputs)
+    async def score(self, model: ServedModel, inputs: Mapping[str, Any]) -> Scored:
+        """Validated, then scored in whichever batch the request lands in, by the model's current version (a
+        swap meanwhile does not move it); 429 when too many jets are queued, 503 past the request timeout."""
+        slot = model.slot
+        validated = slot.tagger.validate(inputs)
         rows = len(next(iter(validated.values())))
         self.check_jets(rows)
-        if self.batcher.pending_rows + rows > self.settings.max_queued_jets:
-            self.reject("jets_queued", 429, f"{self.batcher.pending_rows} jets are queued and this request adds "
-                                            f"{rows}, past the limit (max_queued_jets) of "
-                                            f"{self.settings.max_queued_jets}; retry after {RETRY_AFTER_S} s")
+        pending = sum(m.slot.batcher.pending_rows for m in self.models.values())
+        if pending + rows > self.settings.max_queued_jets:
+            self.reject("jets_queued", 429, f"{pending} jets are queued and this request adds {rows}, past the "
+                                            f"limit (max_queued_jets) of {self.settings.max_queued_jets}; retry "
+                                            f"after {RETRY_AFTER_S} s")
         self.metrics.queued_jets.inc(rows)
+        slot.users += 1
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                return await self.batcher.submit(validated)
+                scores = await slot.batcher.submit(validated)
         except TimeoutError:
             raise RequestError(503, f"scoring took longer than {self.settings.request_timeout_s} s; "
                                     "the server is overloaded") from None
         finally:
+            slot.users -= 1
             self.metrics.queued_jets.dec(rows)
+        return Scored(scores, model.name, slot.version)
 
 
-def decode_pool(processes: int) -> concurrent.futures.Executor:
+def decode_pool(processes: int, prepare: Callable[[], None] | None = None) -> concurrent.futures.Executor:
     """Processes that decode bodies and compute jet features (spawned: never forked from this threaded process;
-    each dies with the server, however it ends); with 0, one thread instead. Started now, so their start-up
-    is not a request's latency."""
+    each dies with the server, however it ends, and runs ``prepare`` first); with 0, one thread instead.
+    Started now, so their start-up is not a request's latency."""
     if processes == 0:
         return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wtag-decode")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_decode_process_init)
+                                                  initializer=_decode_process_init, initargs=(prepare,))
     for started in [pool.submit(_ready) for _ in range(processes)]:
         started.result()
     return pool
@@ -246,14 +287,15 @@ def _ready() -> None:
     model_inputs(complete_jets(jets), tuple(schema.INPUT_SHAPES), max_particles=schema.MAX_PARTICLES)
 
 
-def _decode_process_init() -> None:
+def _decode_process_init(prepare: Callable[[], None] | None) -> None:
     """Ctrl-C is the server's to handle; and a decode process is killed when its server dies (Linux)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    importlib.import_module("serving.protocols")  # what the decode functions need, before the first request
+    if prepare is not None:
+        prepare()
 
 
 def inflate(body: bytes, content_encoding: str, limit: int) -> bytes:

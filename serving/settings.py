@@ -29,6 +29,8 @@ ENV_FIELDS = {
     "max_candidates_per_jet": "WTAG_SERVE_MAX_CANDIDATES_PER_JET",
     "max_root_bytes": "WTAG_SERVE_MAX_ROOT_BYTES",
     "decode_processes": "WTAG_SERVE_DECODE_PROCESSES",
+    "max_run_bytes": "WTAG_SERVE_MAX_RUN_BYTES",
+    "follow_interval_s": "WTAG_SERVE_FOLLOW_INTERVAL_S",
 }
 
 
@@ -50,6 +52,11 @@ class ServerSettings:
     ``max_candidates_per_jet`` (raw jets and files), ``max_root_bytes`` (a ROOT upload's decompressed size).
     ``decode_processes``: processes that decode large bodies and compute raw-jet features off the event loop
     (None: one per usable core; 0: in a thread of the server process instead).
+
+    ``max_run_bytes``: memory one ONNX Runtime run of a model may take; each model's jets per run are capped
+    at this over its bytes per jet (model metadata, else estimated from the graph), so a ParT model is not
+    run at ``max_batch_size`` jets. ``follow_alias``: models served by registry alias (``models:/m@alias``)
+    load the alias's new version when it moves, checked every ``follow_interval_s`` seconds.
     """
 
     max_batch_size: int = DEFAULT_MAX_BATCH
@@ -65,6 +72,9 @@ class ServerSettings:
     max_candidates_per_jet: int = 1_000
     max_root_bytes: int = 1024 * 1024 * 1024
     decode_processes: int | None = None
+    max_run_bytes: int = 2 * 1024 * 1024 * 1024
+    follow_alias: bool = False
+    follow_interval_s: float = 30.0
     workers: int = 1  # set by the process that starts the server: ORT threads are shared out among workers
 
     def __post_init__(self) -> None:
@@ -80,8 +90,10 @@ class ServerSettings:
             raise WtagError(f"device '{self.device}' is not one of {', '.join(DEVICES)}")
         if self.intra_op_threads is not None and self.intra_op_threads < 1:
             raise WtagError(f"intra_op_threads must be >= 1, got {self.intra_op_threads}")
+        if self.follow_interval_s <= 0:
+            raise WtagError(f"follow_interval_s must be > 0, got {self.follow_interval_s}")
         for name in ("max_inflight_requests", "max_queued_jets", "max_jets_per_request", "max_candidates_per_jet",
-                     "max_root_bytes", "workers"):
+                     "max_root_bytes", "max_run_bytes", "workers"):
             if getattr(self, name) < 1:
                 raise WtagError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_jets_per_request > self.max_queued_jets:

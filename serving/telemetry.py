@@ -45,13 +45,13 @@ class ServerMetrics:
                                  ("route",), buckets=LATENCY_BUCKETS, registry=r)
         self.grpc = Counter("wtag_grpc_requests", "KServe v2 gRPC calls by method and status code",
                             ("method", "code"), registry=r)
-        self.batch_jets = Histogram("wtag_batch_size_jets", "Jets per ONNX Runtime run",
+        self.batch_jets = Histogram("wtag_batch_size_jets", "Jets per ONNX Runtime run", ("model",),
                                     buckets=_powers_of_two(max_batch_size), registry=r)
         self.batch_requests = Histogram("wtag_batch_size_requests", "Requests merged into one ONNX Runtime run",
-                                        buckets=REQUESTS_PER_BATCH_BUCKETS, registry=r)
-        self.run_seconds = Histogram("wtag_inference_duration_seconds", "Time of one ONNX Runtime run",
+                                        ("model",), buckets=REQUESTS_PER_BATCH_BUCKETS, registry=r)
+        self.run_seconds = Histogram("wtag_inference_duration_seconds", "Time of one ONNX Runtime run", ("model",),
                                      buckets=LATENCY_BUCKETS, registry=r)
-        self.jets = Counter("wtag_jets_scored", "Jets scored", registry=r)
+        self.jets = Counter("wtag_jets_scored", "Jets scored", ("model",), registry=r)
         self.rejected = Counter("wtag_rejected_requests", "Requests turned away by admission control (429) or a "
                                 "per-request cap (413/422), by reason", ("reason",), registry=r)
         self.in_flight = Gauge("wtag_requests_in_flight", "Scoring requests being read, decoded or scored",
@@ -60,19 +60,22 @@ class ServerMetrics:
                                  registry=r, multiprocess_mode="livesum")
         self.worker = Gauge("wtag_worker_jets_scored", "Jets scored by each worker process (pid label)",
                             registry=r, multiprocess_mode="all")
-        self.model = Gauge("wtag_model_info", "The served model (value 1)",
-                           ("uri", "version", "sha256", "provider", "tagger"), registry=r, multiprocess_mode="max")
+        self.model = Gauge("wtag_model_info", "The served models (value 1; 0: a version no longer served)",
+                           ("model", "uri", "version", "sha256", "provider", "tagger"), registry=r,
+                           multiprocess_mode="max")
+        self.loads = Counter("wtag_model_loads", "New versions of followed aliases, by model and outcome "
+                             "(loaded, or why not: fetch, contract, check)", ("model", "outcome"), registry=r)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         # Labelled children looked up once: ``labels()`` takes a lock and builds a key on every call.
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
 
-    def observe_batch(self, jets: int, requests: int, seconds: float) -> None:
-        self.batch_jets.observe(jets)
-        self.batch_requests.observe(requests)
-        self.run_seconds.observe(seconds)
-        self.jets.inc(jets)
+    def observe_batch(self, model: str, jets: int, requests: int, seconds: float) -> None:
+        self.batch_jets.labels(model).observe(jets)
+        self.batch_requests.labels(model).observe(requests)
+        self.run_seconds.labels(model).observe(seconds)
+        self.jets.labels(model).inc(jets)
         self.worker.inc(jets)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

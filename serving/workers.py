@@ -3,7 +3,7 @@ connections over them), each with its own ONNX Runtime session, batcher and deco
 features use every core. On a GPU they share the device, each with its own CUDA context and memory arena.
 
 The parent supervises: it starts the workers (spawned, never forked from a process with threads), waits until
-each has loaded the model (a worker that fails to start stops them all, with its one-line error), restarts a
+each has loaded its models (a worker that fails to start stops them all, with its one-line error), restarts a
 worker that dies later, and on SIGTERM or Ctrl-C asks every worker to drain (in-flight requests finish, new
 connections go to no one) and waits for them. /metrics, answered by any worker, aggregates all of them through
 prometheus_client's multiprocess mode (one folder of value files, made and removed here)."""
@@ -26,7 +26,7 @@ from serving.settings import ServerSettings
 from serving.telemetry import MULTIPROC_ENV
 from wtag.errors import WtagError
 
-# serving.app.serve_process: (model, host, port, settings, grpc_port, *, sock, ready) -> None
+# serving.app.serve_process: (models, host, port, settings, grpc_port, *, sock, ready) -> None
 ServeProcess = Callable[..., Any]
 
 log = logging.getLogger("wtag.serving")
@@ -51,7 +51,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(serve_process: ServeProcess, model: str, host: str, port: int, settings: ServerSettings,
+def _worker(serve_process: ServeProcess, model: Any, host: str, port: int, settings: ServerSettings,
             grpc_port: int, slot: int, events: mp.Queue) -> None:
     """One worker process: its own socket on the shared port, then ``serve_process`` (``serving.app``'s)."""
     try:
@@ -64,7 +64,7 @@ def _worker(serve_process: ServeProcess, model: str, host: str, port: int, setti
 
 
 class Supervisor:
-    def __init__(self, serve_process: ServeProcess, model: str, host: str, port: int, settings: ServerSettings,
+    def __init__(self, serve_process: ServeProcess, model: Any, host: str, port: int, settings: ServerSettings,
                  grpc_port: int, workers: int) -> None:
         self.args = (serve_process, model, host, port, settings, grpc_port)
         self.workers = workers
@@ -131,7 +131,7 @@ def _mark_dead(pid: int | None) -> None:
     multiprocess.mark_process_dead(pid)
 
 
-def supervise(serve_process: ServeProcess, model: str, host: str, port: int, settings: ServerSettings,
+def supervise(serve_process: ServeProcess, model: Any, host: str, port: int, settings: ServerSettings,
               grpc_port: int, workers: int) -> None:
     """Run ``workers`` processes of ``serve_process`` on the shared ports until SIGTERM or Ctrl-C, then drain
     them. The caller passes the server function, so this module never imports the app."""

@@ -167,6 +167,21 @@ def guarded_server(tmp_path_factory: pytest.TempPathFactory):
     with serve(root / "pfn.onnx", root / "server.log", "--max-body-bytes", "200000", "--request-timeout-s", "2",
                env={TOKEN_ENV: TOKEN}) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def grpc_server(tmp_path_factory: pytest.TempPathFactory):
+    """hl model over HTTP and gRPC behind a bearer token: (server, gRPC port)."""
+    import onnx
+    from onnx_models import TOKEN, physical_hl_model, serve
+    from serving.settings import TOKEN_ENV
+
+    root = tmp_path_factory.mktemp("grpc-server")
+    onnx.save(physical_hl_model(), str(root / "hl.onnx"))
+    grpc_port = free_port()
+    with serve(root / "hl.onnx", root / "server.log", "--grpc-port", str(grpc_port), "--max-batch-size", "512",
+               "--max-jets-per-request", "100000", env={TOKEN_ENV: TOKEN}) as server:
+        yield server, grpc_port
 def _stop(proc: subprocess.Popen) -> None:
     """Stop a process this fixture started (its own session: the nanny and its worker go together)."""
     if proc.poll() is None:

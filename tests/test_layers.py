@@ -27,20 +27,29 @@ MODULES = _modules()
 
 
 def _imports(name: str, path: Path) -> set[str]:
-    """Every project module ``name`` imports, wherever the import statement stands."""
+    """Every project module ``name`` imports, wherever the import statement stands, also through
+    ``importlib.import_module("...")`` or ``__import__("...")`` with a literal name."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
-            base = ".".join([*package[:len(package) - node.level + 1], node.module or ""]).strip(".") \
-                if node.level else node.module
-            targets = [base, *(f"{base}.{a.name}" for a in node.names)]
-        else:
-            continue
-        out |= {t for t in targets if t in MODULES and t != name}
+        out |= {t for t in _targets(node, package) if t in MODULES and t != name}
     return out
+
+
+def _targets(node: ast.AST, package: list[str]) -> list[str]:
+    """The module names one AST node imports (with each imported name as a possible submodule)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and (node.module or node.level):
+        base = ".".join([*package[:len(package) - node.level + 1], node.module or ""]).strip(".") \
+            if node.level else node.module
+        return [base, *(f"{base}.{a.name}" for a in node.names)]
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+            and isinstance(node.args[0].value, str):
+        called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+        if called in ("import_module", "__import__"):
+            return [node.args[0].value]
+    return []
 
 
 GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
@@ -98,6 +107,14 @@ def test_no_import_cycles():
         if module not in index:
             visit(module)
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_imports_through_importlib_strings_count():
+    code = "import importlib\nimportlib.import_module('serving.protocols')\n__import__('wtag.schema')\n" \
+           "from importlib import import_module\nimport_module('wtag.jets')\nimportlib.import_module(name)\n"
+    found = {t for node in ast.walk(ast.parse(code)) for t in _targets(node, ["serving"])}
+    assert found >= {"serving.protocols", "wtag.schema", "wtag.jets"}
+    assert "serving.protocols" not in GRAPH["serving.service"], "the service imports the protocols"
 
 
 def test_no_function_is_longer_than_100_lines():

@@ -28,7 +28,7 @@ def test_serve_subcommand_defaults_come_from_the_settings(monkeypatch: pytest.Mo
         monkeypatch.delenv(var, raising=False)
     args = _wtag_like_parser().parse_args(["serve"])
     assert args.func is cli.serve
-    assert args.model == f"models:/{schema.REGISTERED_MODEL}@{schema.CHAMPION_ALIAS}" == cli.DEFAULT_MODEL
+    assert args.model is None and cli.DEFAULT_MODEL == f"models:/{schema.REGISTERED_MODEL}@{schema.CHAMPION_ALIAS}"
     assert (args.host, args.port) == (DEFAULT_HOST, DEFAULT_PORT)
     assert cli.settings_from(args) == ServerSettings()
     monkeypatch.setenv("WTAG_SERVE_MAX_BATCH_SIZE", "128")

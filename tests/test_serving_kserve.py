@@ -66,6 +66,7 @@ V2_BAD_REQUESTS = [
     ("GET", "/v2/models/other", b"", {}, 404, "unknown model"),
     ("POST", "/v2/models/wtag/infer", b'{"inputs": []}', JSON, 422, "non-empty 'inputs'"),
     ("POST", "/v2/models/wtag/infer", _v2([{**_V2_OK, "datatype": "BYTES"}]), JSON, 422, "datatype 'BYTES'"),
+    ("POST", "/v2/models/wtag/infer", _v2([{**_V2_OK, "datatype": []}]), JSON, 422, "datatype []"),
     ("POST", "/v2/models/wtag/infer", _v2([{**_V2_OK, "shape": [2, N_HL]}]), JSON, 422, "data has 10 values"),
     ("POST", "/v2/models/wtag/infer", _v2([{**_V2_OK, "shape": [1, -10]}]), JSON, 422, "non-negative integers"),
     ("POST", "/v2/models/wtag/infer", _v2([{**_V2_OK, "name": "images"}]), JSON, 422, "missing 'hl'"),

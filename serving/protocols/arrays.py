@@ -13,7 +13,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.routing import BINARY, Routes, body_doc
+from serving.routing import BINARY, MODEL_QUERY, Routes, body_doc
 from serving.service import Service
 from serving.wire import RequestError
 
@@ -109,19 +109,19 @@ def decode(body: bytes, content_type: str, input_names: tuple[str, ...], max_byt
 
 
 def routes(service: Service) -> Routes:
-    tagger = service.tagger
     out = Routes()
 
     async def score_npy(request: Request) -> Response:
-        with service.admitted():
+        model = service.model_of(request)
+        with service.admitted(model):
             body = await service.read_body(request)
             content_type = request.headers.get("content-type", "")
-            args = (content_type, tagger.inputs, service.settings.max_body_bytes)
+            args = (content_type, model.tagger.inputs, service.settings.max_body_bytes)
             # .npy is viewed in place (nothing to gain elsewhere); .npz members are inflated off the loop
             npz = content_type.split(";")[0].strip().lower() == NPZ_MEDIA_TYPE
             inputs = await service.decode(decode, body, *args) if npz else decode(body, *args)
-            scores = await service.score(inputs)
-        return Response(npy_encode(scores), media_type=NPY_MEDIA_TYPE)
+            scored = await service.score(model, inputs)
+        return Response(npy_encode(scored.scores), media_type=NPY_MEDIA_TYPE, headers=scored.headers())
 
     npy = {"schema": {**BINARY["schema"], "description": ".npy (format 1.0-3.0) of numbers, shape (N, ...) as "
                                                          "the model input, any byte order, C or Fortran order"}}
@@ -131,5 +131,6 @@ def routes(service: Service) -> Routes:
              body_doc({NPY_MEDIA_TYPE: npy, OCTET_STREAM: npy, NPZ_MEDIA_TYPE: npz},
                       "`.npy` of the single model input (N, ...), or `.npz` with one array per input name. "
                       "No Content-Type means .npy."),
-             {"description": "float32 scores (N,) as .npy", "content": {NPY_MEDIA_TYPE: BINARY}})
+             {"description": "float32 scores (N,) as .npy", "content": {NPY_MEDIA_TYPE: BINARY}},
+             query=[MODEL_QUERY])
     return out

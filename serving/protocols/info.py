@@ -1,5 +1,5 @@
-"""What is served and how it is doing: ``GET /v1/metadata`` (model URI, registry version, sha256, provider,
-inputs and the server's settings; never local paths) and ``GET /metrics`` (Prometheus)."""
+"""What is served and how it is doing: ``GET /v1/metadata`` (a model's URI, registry version, sha256, provider,
+inputs, the served models and the server's settings; never local paths) and ``GET /metrics`` (Prometheus)."""
 from __future__ import annotations
 
 from starlette.responses import Response
@@ -11,12 +11,15 @@ from serving.wire import JSON, dumps
 
 def routes(service: Service) -> Routes:
     out = Routes()
-    info = service.tagger.describe()
 
     @out.router.get("/v1/metadata", tags=["metadata"],
-                    summary="The served model: URI, registry version, sha256, provider, inputs, settings")
-    async def metadata() -> Response:
-        return Response(dumps({**info, "settings": service.settings.public()}), media_type=JSON)
+                    summary="A served model (?model=NAME, default the first): URI, registry version, sha256, "
+                            "provider, inputs, jets per run; the served models and the settings")
+    async def metadata(model: str | None = None) -> Response:
+        served = service.model(model)
+        return Response(dumps({"name": served.name, **served.tagger.describe(), "jets_per_run": served.tagger.max_batch,
+                               "models": list(service.models), "settings": service.settings.public()}),
+                        media_type=JSON)
 
     @out.router.get("/metrics", tags=["metadata"], summary="Prometheus metrics")
     async def prometheus() -> Response:

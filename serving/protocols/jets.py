@@ -13,7 +13,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.routing import BINARY, Routes, body_doc
+from serving.routing import BINARY, MODEL_QUERY, Routes, body_doc
 from serving.service import Service
 from serving.wire import JSON, RequestError, dumps, json_object, json_type, loads, numbers
 from wtag import schema
@@ -84,13 +84,15 @@ def jets_decode(body: bytes, caps: Caps | None = None) -> dict[str, Any]:
                                     f"{', '.join(list(_CAND_FIELDS) + list(_JET_FIELDS))}")
         n = None
         for key in _CAND_FIELDS:
-            values = jet.get(key)
-            if values is None:
+            if key not in jet:
                 if key in ("id", "charge"):
                     continue
                 raise RequestError(422, f"jets[{i}] lacks '{key}' (a list per candidate)")
+            values = jet[key]
             if not isinstance(values, list):
-                raise RequestError(422, f"jets[{i}].{key} must be a list, got {json_type(values)}")
+                raise RequestError(422, f"jets[{i}].{key} must be a list (one value per candidate), got "
+                                        f"{json_type(values)}" + ("; leave it out instead" if key in ("id", "charge")
+                                                                  else ""))
             if n is None:
                 n = len(values)
             elif len(values) != n:
@@ -105,6 +107,8 @@ def jets_decode(body: bytes, caps: Caps | None = None) -> dict[str, Any]:
             flat[key].extend(jet[key] if key in jet else [0] * n)
         for key in _JET_FIELDS:
             if key in jet:
+                if not isinstance(jet[key], int | float) or isinstance(jet[key], bool):
+                    raise RequestError(422, f"jets[{i}].{key} must be a number, got {json_type(jet[key])}")
                 scalars.setdefault(key, [None] * len(jets))[i] = jet[key]
     columns: dict[str, Any] = {}
     for key, branch in _CAND_FIELDS.items():
@@ -202,9 +206,9 @@ def file_kind(body: bytes, requested: str) -> str:
 def file_query(request: Request) -> tuple[str, bool]:
     """The ``format`` and ``select`` query parameters of /v1/score-file, checked."""
     params = request.query_params
-    unknown = sorted(set(params) - {"format", "select"})
+    unknown = sorted(set(params) - {"format", "select", "model"})
     if unknown:
-        raise RequestError(422, f"unknown query parameter(s) {', '.join(unknown)}; allowed: format, select")
+        raise RequestError(422, f"unknown query parameter(s) {', '.join(unknown)}; allowed: format, select, model")
     kind = params.get("format", "auto")
     if kind not in FILE_FORMATS:
         raise RequestError(422, f"query parameter format={kind!r} is not one of {', '.join(FILE_FORMATS)}")
@@ -230,30 +234,34 @@ SCORES = {"type": "object", "required": ["n_jets", "scores"], "properties": {
 
 
 def routes(service: Service) -> Routes:
-    tagger = service.tagger
     out = Routes()
-
     settings = service.settings
     caps = Caps(settings.max_jets_per_request, settings.max_candidates_per_jet, settings.max_root_bytes)
 
     async def score_jets(request: Request) -> Response:
-        with service.admitted():
+        model = service.model_of(request)
+        with service.admitted(model):
             body = await service.read_body(request)
+            tagger = model.tagger
             tagger.check_feature_code()
             inputs = await service.offload(jet_inputs, body, caps, tagger.inputs, tagger.max_particles)
-            scores = await service.score(inputs)
-        return Response(dumps({"n_jets": len(scores), "scores": scores}), media_type=JSON)
+            scored = await service.score(model, inputs)
+        return Response(dumps({"n_jets": len(scored.scores), "scores": scored.scores}), media_type=JSON,
+                        headers=scored.headers())
 
     async def score_file(request: Request) -> Response:
         requested, tutorial_selection = file_query(request)
-        with service.admitted():
+        model = service.model_of(request)
+        with service.admitted(model):
             body = await service.read_body(request)
             kind = file_kind(body, requested)
+            tagger = model.tagger
             tagger.check_feature_code()
             fields, inputs = await service.offload(file_inputs, body, kind, tutorial_selection, caps, tagger.inputs,
                                                    tagger.max_particles)
-            scores = await service.score(inputs)
-        return Response(dumps({"n_jets": len(scores), "scores": scores, **fields}), media_type=JSON)
+            scored = await service.score(model, inputs)
+        return Response(dumps({"n_jets": len(scored.scores), "scores": scored.scores, **fields}), media_type=JSON,
+                        headers=scored.headers())
 
     out.post(["/v1/score-jets"], service.guard(score_jets), "jets", "Score jets given as lists of PF candidates",
              body_doc({JSON: {"schema": JETS_REQUEST}},
@@ -261,7 +269,8 @@ def routes(service: Service) -> Routes:
                       "optionally id (PDG code) and charge; optional jet_pt/jet_eta/jet_phi/jet_E and "
                       "run/lumi/event/ijet, given for every jet or for none. The model inputs are computed "
                       "server-side with the training feature code."),
-             {"description": "one score per jet, in request order", "content": {JSON: {"schema": SCORES}}})
+             {"description": "one score per jet, in request order", "content": {JSON: {"schema": SCORES}}},
+             query=[MODEL_QUERY])
     file_answer = {**SCORES, "properties": {**SCORES["properties"], **{
         f: {"type": "array", "items": {"type": "number"}} for f in FILE_FIELDS}}}
     out.post(["/v1/score-file"], service.guard(score_file), "jets", "Score every jet of a ROOT `jets` tree or a CMS .npy",
@@ -272,5 +281,5 @@ def routes(service: Service) -> Routes:
              query=[{"name": "format", "in": "query", "required": False, "description": "file type; auto detects it "
                      "from the first bytes", "schema": {"type": "string", "enum": list(FILE_FORMATS), "default": "auto"}},
                     {"name": "select", "in": "query", "required": False, "description": "keep only 200 < pT < 500 "
-                     "GeV, |eta| < 2", "schema": {"type": "boolean", "default": False}}])
+                     "GeV, |eta| < 2", "schema": {"type": "boolean", "default": False}}, MODEL_QUERY])
     return out

@@ -1,8 +1,9 @@
 """KServe v2 / Triton ``GRPCInferenceService`` over gRPC, with the protobuf stubs ``tritonclient`` ships:
-ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig and ModelInfer (tensors as
-``raw_input_contents`` or typed ``contents``; scores back as raw little-endian FP32). Same service as HTTP:
+ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, RepositoryIndex and ModelInfer
+(tensors as ``raw_input_contents`` or typed ``contents``; scores back as raw little-endian FP32; each model by
+its name, ``wtag`` for the first). Same service as HTTP:
 the batcher, admission control, caps and bearer token (``authorization`` metadata). Errors are gRPC status
-codes with the same messages as over HTTP. Other RPCs (repository, statistics, shared memory) answer
+codes with the same messages as over HTTP. Other RPCs (loading, statistics, shared memory) answer
 UNIMPLEMENTED."""
 from __future__ import annotations
 
@@ -18,21 +19,15 @@ from grpc import aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import wtag
-from serving.batcher import BatcherStopped
 from serving.protocols.kserve_v2 import V2_DTYPES, model_config, v2_model_metadata
-from serving.service import MODEL_NAME, Service
+from serving.models import ServedModel
+from serving.service import Service
 from serving.wire import RequestError
 from wtag import schema
 from wtag.errors import WtagError
 
 log = logging.getLogger("wtag.serving")
 
-# HTTP statuses of RequestError as gRPC codes: 429 and 503 are retryable (UNAVAILABLE), as Triton's queue policy.
-STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-                404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
-                413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
-                422: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.UNAVAILABLE,
-                503: grpc.StatusCode.UNAVAILABLE}
 # Health probes answer without a token, as their HTTP twins do.
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -87,11 +82,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.tagger = service.tagger
-        token = service.settings.auth_token
-        self._expected = f"Bearer {token}" if token else None
         for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
-                     "ModelInfer"):
+                     "RepositoryIndex", "ModelInfer"):
             setattr(self, name, self._rpc(name, getattr(self, f"_{name}")))
 
     def _rpc(self, name: str, method: Handler) -> Handler:
@@ -102,49 +94,39 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def call(request: Any, context: aio.ServicerContext) -> Any:
             code = grpc.StatusCode.OK
             try:
-                if self._expected is not None and name not in OPEN_METHODS:
-                    given = dict(context.invocation_metadata() or ()).get("authorization")
-                    if given != self._expected:
-                        raise RequestError(401, "missing or wrong bearer token (send 'authorization: Bearer <token>' "
-                                                "metadata)")
+                if name not in OPEN_METHODS:
+                    self.service.auth.check(dict(context.invocation_metadata() or ()).get("authorization"),
+                                            "'authorization: Bearer <token>' metadata")
                 return await method(request, context)
-            except RequestError as exc:
-                if exc.reason is not None:
-                    metrics.rejected.labels(exc.reason).inc()
-                code, message = STATUS_CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message
-            except WtagError as exc:
-                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-            except BatcherStopped as exc:
-                code, message = grpc.StatusCode.UNAVAILABLE, f"not scored: {exc}"
-            except Exception as exc:  # a bug: logged, answered INTERNAL
-                log.exception("unexpected error in gRPC %s", name)
-                code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+            except Exception as exc:  # noqa: BLE001  (the error policy decides; bugs are logged there)
+                failed = self.service.failure(exc, f"gRPC {name}")
+                code, message = grpc.StatusCode[failed.grpc_code], failed.message
             finally:
                 metrics.grpc.labels(name, code.name).inc()
             await context.abort(code, message)
 
         return call
 
-    def _model(self, name: str, version: str) -> None:
-        self.service.check_model(name, version or None)
+    def _model(self, name: str, version: str) -> ServedModel:
+        return self.service.model(name, version or None)
 
     async def _ServerLive(self, request: Any, context: Any) -> service_pb2.ServerLiveResponse:
         return service_pb2.ServerLiveResponse(live=True)
 
     async def _ServerReady(self, request: Any, context: Any) -> service_pb2.ServerReadyResponse:
-        return service_pb2.ServerReadyResponse(ready=self.service.batcher.running)
+        return service_pb2.ServerReadyResponse(ready=all(m.slot.batcher.running
+                                                         for m in self.service.models.values()))
 
     async def _ModelReady(self, request: Any, context: Any) -> service_pb2.ModelReadyResponse:
-        self._model(request.name, request.version)
-        return service_pb2.ModelReadyResponse(ready=self.service.batcher.running)
+        return service_pb2.ModelReadyResponse(ready=self._model(request.name, request.version).slot.batcher.running)
 
     async def _ServerMetadata(self, request: Any, context: Any) -> service_pb2.ServerMetadataResponse:
         return service_pb2.ServerMetadataResponse(name="wtag", version=wtag.__version__,
-                                                  extensions=["model_configuration"])
+                                                  extensions=["model_configuration", "model_repository"])
 
     async def _ModelMetadata(self, request: Any, context: Any) -> service_pb2.ModelMetadataResponse:
-        self._model(request.name, request.version)
-        meta = v2_model_metadata(self.tagger.input_shapes, self.tagger.version)
+        model = self._model(request.name, request.version)
+        meta = v2_model_metadata(model.name, model.tagger.input_shapes, model.slot.version)
         tensor = service_pb2.ModelMetadataResponse.TensorMetadata
         return service_pb2.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -152,19 +134,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]])
 
     async def _ModelConfig(self, request: Any, context: Any) -> service_pb2.ModelConfigResponse:
-        self._model(request.name, request.version)
-        return service_pb2.ModelConfigResponse(config=model_config(self.tagger, self.service.settings))
+        model = self._model(request.name, request.version)
+        return service_pb2.ModelConfigResponse(config=model_config(model.name, model.tagger, self.service.settings))
+
+    async def _RepositoryIndex(self, request: Any, context: Any) -> service_pb2.RepositoryIndexResponse:
+        index = service_pb2.RepositoryIndexResponse.ModelIndex
+        return service_pb2.RepositoryIndexResponse(models=[
+            index(name=entry["name"], version=entry["version"], state=entry["state"],
+                  reason=f"sha256 {entry['sha256']}")
+            for entry in (m.index() for m in self.service.models.values())])
 
     async def _ModelInfer(self, request: service_pb2.ModelInferRequest, context: Any
                           ) -> service_pb2.ModelInferResponse:
-        self._model(request.model_name, request.model_version)
-        with self.service.admitted():
-            scores = await self.service.score(decode_infer(request))
+        model = self._model(request.model_name, request.model_version)
+        with self.service.admitted(model):
+            scored = await self.service.score(model, decode_infer(request))
         output = service_pb2.ModelInferResponse.InferOutputTensor(name=schema.OUTPUT_SCORE, datatype="FP32",
-                                                                  shape=[len(scores)])
+                                                                  shape=[len(scored.scores)])
+        await context.send_initial_metadata(tuple(scored.headers().items()))
         return service_pb2.ModelInferResponse(
-            model_name=MODEL_NAME, model_version=self.tagger.version, id=request.id, outputs=[output],
-            raw_output_contents=[np.ascontiguousarray(scores, dtype="<f4").tobytes()])
+            model_name=model.name, model_version=scored.version, id=request.id, outputs=[output],
+            raw_output_contents=[np.ascontiguousarray(scored.scores, dtype="<f4").tobytes()])
 
 
 async def start_server(service: Service, host: str, port: int) -> aio.Server:

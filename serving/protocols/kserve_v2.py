@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 import wtag
 from serving.routing import BINARY, Routes, body_doc
-from serving.service import MODEL_NAME, Service
+from serving.service import Service
 from serving.settings import ServerSettings
 from serving.wire import JSON, RequestError, dumps, json_object, loads, numbers
 from wtag import schema
@@ -67,7 +67,7 @@ def v2_decode(body: bytes, header_length: str | None) -> tuple[dict[str, np.ndar
                                               for d in shape):
             raise RequestError(422, f"input '{name}' needs 'shape' as a list of non-negative integers")
         datatype = tensor.get("datatype")
-        if datatype not in V2_DTYPES:
+        if not isinstance(datatype, str) or datatype not in V2_DTYPES:
             raise RequestError(422, f"input '{name}' has datatype {datatype!r}; expected one of "
                                     f"{', '.join(V2_DTYPES)}")
         dtype = V2_DTYPES[datatype]
@@ -118,10 +118,11 @@ def v2_decode(body: bytes, header_length: str | None) -> tuple[dict[str, np.ndar
     return inputs, reply
 
 
-def v2_encode(scores: np.ndarray, reply: Mapping[str, Any], version: str) -> tuple[bytes, dict[str, str]]:
+def v2_encode(scores: np.ndarray, reply: Mapping[str, Any], version: str, name: str = schema.REGISTERED_MODEL
+              ) -> tuple[bytes, dict[str, str]]:
     """The v2 response body and extra headers (the JSON header length when scores go as binary)."""
     output: dict[str, Any] = {"name": schema.OUTPUT_SCORE, "datatype": "FP32", "shape": [len(scores)]}
-    result: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": version}
+    result: dict[str, Any] = {"model_name": name, "model_version": version}
     if "id" in reply:
         result["id"] = reply["id"]
     result["outputs"] = [output]
@@ -134,9 +135,9 @@ def v2_encode(scores: np.ndarray, reply: Mapping[str, Any], version: str) -> tup
     return header + data, {"Inference-Header-Content-Length": str(len(header))}
 
 
-def v2_model_metadata(input_shapes: Mapping[str, Sequence[int | None]], version: str) -> dict[str, Any]:
+def v2_model_metadata(name: str, input_shapes: Mapping[str, Sequence[int | None]], version: str) -> dict[str, Any]:
     return {
-        "name": MODEL_NAME,
+        "name": name,
         "versions": [version],
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": name, "datatype": "FP32", "shape": [-1 if d is None else d for d in shape]}
@@ -146,11 +147,11 @@ def v2_model_metadata(input_shapes: Mapping[str, Sequence[int | None]], version:
 
 
 
-def model_config(tagger: OnnxTagger, settings: ServerSettings) -> Any:
+def model_config(model_name: str, tagger: OnnxTagger, settings: ServerSettings) -> Any:
     """Triton's model configuration (a ``model_config_pb2.ModelConfig``) with the server's real limits:
     ``max_batch_size`` is the most jets one request may hold, dynamic batching merges requests into runs of
-    ``preferred_batch_size`` jets after at most the queue delay, and the queue policy rejects (429 /
-    UNAVAILABLE) past ``max_inflight_requests`` and times out after the request timeout."""
+    ``preferred_batch_size`` jets (the model's own cap) after at most the queue delay, and the queue policy
+    rejects (429 / UNAVAILABLE) past ``max_inflight_requests`` and times out after the request timeout."""
     from tritonclient.grpc import model_config_pb2 as mc
 
     inputs = [mc.ModelInput(name=name, data_type=mc.TYPE_FP32, dims=[-1 if d is None else d for d in shape[1:]])
@@ -159,14 +160,14 @@ def model_config(tagger: OnnxTagger, settings: ServerSettings) -> Any:
                                  default_timeout_microseconds=int(settings.request_timeout_s * 1e6),
                                  max_queue_size=settings.max_inflight_requests)
     return mc.ModelConfig(
-        name=MODEL_NAME, platform="onnxruntime_onnx", backend="onnxruntime",
+        name=model_name, platform="onnxruntime_onnx", backend="onnxruntime",
         version_policy=mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=[int(tagger.version)]))
         if tagger.version.isdigit() else None,
         max_batch_size=settings.max_jets_per_request, input=inputs,
         output=[mc.ModelOutput(name=schema.OUTPUT_SCORE, data_type=mc.TYPE_FP32, dims=[1],
                                reshape=mc.ModelTensorReshape(shape=[]))],
         dynamic_batching=mc.ModelDynamicBatching(
-            preferred_batch_size=[settings.max_batch_size],
+            preferred_batch_size=[tagger.max_batch],
             max_queue_delay_microseconds=int(settings.max_queue_delay_ms * 1000), default_queue_policy=policy),
         instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_GPU
                                               if tagger.provider == "CUDAExecutionProvider"
@@ -189,8 +190,7 @@ V2_REQUEST = {"type": "object", "required": ["inputs"], "properties": {
 
 
 def routes(service: Service) -> Routes:
-    tagger = service.tagger
-    out = Routes()
+    out = Routes(open={"/v2/health/live", "/v2/health/ready"})
 
     @out.router.get("/v2/health/live", tags=["kserve-v2"], summary="KServe v2 liveness")
     @out.router.get("/v2/health/ready", tags=["kserve-v2"], summary="KServe v2 readiness")
@@ -202,19 +202,29 @@ def routes(service: Service) -> Routes:
         return Response(dumps({"name": "wtag", "version": wtag.__version__, "extensions": EXTENSIONS}),
                         media_type=JSON)
 
+    @out.router.get("/v2/models", tags=["kserve-v2"], summary="The served models: name, version, sha256, state")
+    async def v2_models() -> Response:
+        return Response(dumps({"models": [m.index() for m in service.models.values()]}), media_type=JSON)
+
+    @out.router.post("/v2/repository/index", tags=["kserve-v2"],
+                     summary="Triton repository index: the served models with version, sha256 and state")
+    async def v2_repository_index() -> Response:
+        return Response(dumps([m.index() for m in service.models.values()]), media_type=JSON)
+
     @out.router.get("/v2/models/{model_name}", tags=["kserve-v2"], summary="KServe v2 model metadata")
     @out.router.get("/v2/models/{model_name}/versions/{version}", tags=["kserve-v2"],
                     summary="KServe v2 model metadata")
     async def v2_model(model_name: str, version: str | None = None) -> Response:
-        service.check_model(model_name, version)
-        return Response(dumps(v2_model_metadata(tagger.input_shapes, tagger.version)), media_type=JSON)
+        model = service.model(model_name, version)
+        return Response(dumps(v2_model_metadata(model.name, model.tagger.input_shapes, model.slot.version)),
+                        media_type=JSON)
 
     @out.router.get("/v2/models/{model_name}/ready", tags=["kserve-v2"], summary="KServe v2 model readiness")
     @out.router.get("/v2/models/{model_name}/versions/{version}/ready", tags=["kserve-v2"],
                     summary="KServe v2 model readiness")
     async def v2_model_ready(model_name: str, version: str | None = None) -> Response:
-        service.check_model(model_name, version)
-        return Response(dumps({"name": MODEL_NAME, "ready": True}), media_type=JSON)
+        model = service.model(model_name, version)
+        return Response(dumps({"name": model.name, "ready": model.slot.batcher.running}), media_type=JSON)
 
     @out.router.get("/v2/models/{model_name}/config", tags=["kserve-v2"],
                     summary="Triton model configuration: batch limits, dynamic batching, inputs and outputs")
@@ -223,18 +233,19 @@ def routes(service: Service) -> Routes:
     async def v2_model_config(model_name: str, version: str | None = None) -> Response:
         from google.protobuf import json_format
 
-        service.check_model(model_name, version)
-        config = model_config(tagger, service.settings)
+        model = service.model(model_name, version)
+        config = model_config(model.name, model.tagger, service.settings)
         return Response(dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)), media_type=JSON)
 
     async def v2_infer(request: Request) -> Response:
-        service.check_model(request.path_params["model_name"], request.path_params.get("version"))
-        with service.admitted():
+        model = service.model(request.path_params["model_name"], request.path_params.get("version"))
+        with service.admitted(model):
             body = await service.read_body(request)
             inputs, reply = await service.decode(v2_decode, body, request.headers.get(HEADER_LENGTH))
-            scores = await service.score(inputs)
-        content, headers = v2_encode(scores, reply, tagger.version)
-        return Response(content, media_type="application/octet-stream" if headers else JSON, headers=headers)
+            scored = await service.score(model, inputs)
+        content, headers = v2_encode(scored.scores, reply, scored.version, model.name)
+        return Response(content, media_type="application/octet-stream" if headers else JSON,
+                        headers={**headers, **scored.headers()})
 
     out.post(["/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{version}/infer"],
              service.guard(v2_infer), "kserve-v2", "KServe v2 inference",

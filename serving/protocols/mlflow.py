@@ -209,7 +209,7 @@ PREDICTIONS = {"type": "object", "required": ["predictions"], "properties": {"pr
 
 def routes(service: Service) -> Routes:
     tagger = service.tagger
-    out = Routes()
+    out = Routes(open={"/ping", "/health"})
 
     @out.router.get("/ping", tags=["health"], summary="Liveness (as mlflow models serve)")
     @out.router.get("/health", tags=["health"], summary="Liveness (as mlflow models serve)")
@@ -221,12 +221,13 @@ def routes(service: Service) -> Routes:
         return Response(wtag.__version__, media_type="text/plain")
 
     async def invocations(request: Request) -> Response:
-        with service.admitted():
+        model = service.default
+        with service.admitted(model):
             body = await service.read_body(request)
             inputs, style = await service.decode(mlflow_decode, body, request.headers.get("content-type", ""),
-                                                 list(tagger.inputs), tagger.hl_features)
-            scores = await service.score(inputs)
-        return Response(mlflow_encode(scores, style), media_type=JSON)
+                                                 list(model.tagger.inputs), model.tagger.hl_features)
+            scored = await service.score(model, inputs)
+        return Response(mlflow_encode(scored.scores, style), media_type=JSON, headers=scored.headers())
 
     out.post(["/invocations"], service.guard(invocations, mlflow_error), "mlflow", "MLflow scoring protocol",
              body_doc({JSON: {"schema": invocations_schema(tagger.input_shapes)},

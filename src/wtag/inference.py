@@ -142,6 +142,8 @@ class ModelSource:
     registered_name: str | None = None
     version: str | None = None
     sha256: str | None = None
+    # the MLflow model's own input example (input name -> array), when it was logged with one
+    example: Mapping[str, np.ndarray] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def public_uri(self) -> str:
@@ -187,7 +189,26 @@ def _read_model(path: Path) -> tuple[bytes, str]:
     return data, digest
 
 
-def _registry_version(uri: str) -> tuple[str | None, str | None]:
+def _input_example(directory: Path) -> dict[str, np.ndarray] | None:
+    """The input example an MLflow model directory holds (``log_model(input_example=...)``), as float32 arrays
+    keyed by input name; None when there is none or it cannot be read."""
+    if not (directory / "MLmodel").is_file():
+        return None
+    from mlflow.models import Model
+
+    try:
+        example = Model.load(str(directory)).load_input_example(str(directory))
+    except Exception:  # noqa: BLE001  (an unreadable example only means there is none to check with)
+        return None
+    if not isinstance(example, Mapping):
+        return None
+    try:
+        return {str(k): np.asarray(v, dtype=np.float32) for k, v in example.items()}
+    except (TypeError, ValueError):
+        return None
+
+
+def registry_version(uri: str) -> tuple[str | None, str | None]:
     """(registered model name, version) for a ``models:/`` URI, asking the registry to resolve aliases."""
     match = _REGISTRY_URI.match(uri)
     if not match:
@@ -215,27 +236,50 @@ def load_model_bytes(model: str | os.PathLike[str]) -> tuple[bytes, ModelSource]
     if local.is_file() or local.is_dir():
         path = local if local.is_file() else _onnx_file_in(local)
         data, digest = _read_model(path)
-        return data, ModelSource(uri=text, path=str(path.resolve()), sha256=digest)
+        return data, ModelSource(uri=text, path=str(path.resolve()), sha256=digest,
+                                 example=None if local.is_file() else _input_example(local))
     if "://" not in text and not text.startswith(("models:/", "runs:/")):
         raise WtagError(f"model '{text}': no such file, directory or MLflow model URI")
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        name, version = _registry_version(text)
+        name, version = registry_version(text)
         with tempfile.TemporaryDirectory(prefix="wtag-model-") as tmp:
             downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=tmp))
             path = downloaded if downloaded.is_file() else _onnx_file_in(downloaded)
             data, digest = _read_model(path)
+            example = None if downloaded.is_file() else _input_example(downloaded)
     except MlflowException as exc:
         raise WtagError(f"model '{text}': cannot fetch it from MLflow ({exc.message.splitlines()[0]})") from None
     except OSError as exc:
         raise WtagError(f"model '{text}': cannot fetch it from MLflow ({type(exc).__name__}: {exc})") from None
-    return data, ModelSource(uri=text, registered_name=name, version=version, sha256=digest)
+    return data, ModelSource(uri=text, registered_name=name, version=version, sha256=digest, example=example)
 
 
 def _dim(value: object) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
+
+
+def bytes_per_jet(model: onnx.ModelProto) -> int:
+    """Memory one jet costs a run, from the graph: the bytes of every tensor with a batch axis first and fixed
+    other dimensions (ONNX shape inference), as if none were freed during the run. ONNX Runtime reuses
+    buffers, so this bounds the real figure from above; pair features (N, P, P, C) dominate where present."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001  (a graph shape inference cannot follow is costed by its inputs alone)
+        inferred = model
+    graph = inferred.graph
+    total = 0
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = value.type.tensor_type
+        dims = tensor.shape.dim
+        if not dims or dims[0].HasField("dim_value") or any(not d.HasField("dim_value") for d in dims[1:]):
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize \
+            if tensor.elem_type else 4
+        total += itemsize * int(np.prod([d.dim_value for d in dims[1:]], dtype=np.int64))
+    return max(total, 4)
 
 
 # Row counts a padded batch is rounded up to: powers of two from 64, then multiples of 4096.
@@ -290,6 +334,9 @@ class OnnxTagger:
         self.particle_features = tuple(self._metadata_json(schema.Meta.PARTICLE_FEATURES,
                                                            list(schema.PARTICLE_FEATURES)))
         self.max_particles = int(self._metadata_json(schema.Meta.MAX_PARTICLES, schema.MAX_PARTICLES))
+        declared = self.metadata.get(schema.Meta.BYTES_PER_JET, "")
+        self.bytes_per_jet = int(declared) if declared.isdigit() and int(declared) > 0 else \
+            bytes_per_jet(onnx.load_model_from_string(data))
         if schema.INPUT_PARTICLES in self.input_shapes:
             graph_particles = self.input_shapes[schema.INPUT_PARTICLES][1]
             if graph_particles is not None:
@@ -349,6 +396,7 @@ class OnnxTagger:
             "hl_features": list(self.hl_features),
             "particle_features": list(self.particle_features),
             "max_particles": self.max_particles,
+            "bytes_per_jet": self.bytes_per_jet,
             "metadata": self.metadata,
         }
 

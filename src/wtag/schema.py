@@ -124,6 +124,7 @@ class Meta:
     PREPROCESSING = "wtag.preprocessing"  # "baked": the graph standardizes raw inputs itself
     DATASET_DIGEST = "wtag.dataset_digest"
     RUN_ID = "wtag.run_id"
+    BYTES_PER_JET = "wtag.bytes_per_jet"  # memory one jet costs a run (activations); the server caps runs by it
 
 
 class Tag:
