@@ -157,7 +157,7 @@ def environment_tags() -> dict[str, str]:
     tags = {Tag.GIT_COMMIT: git_commit(), Tag.PYTHON: platform.python_version(),
             Tag.PLATFORM: platform.platform()}
     for pkg in ("mlflow", "numpy", "awkward", "uproot", "fastjet", "pythia8mc", "xgboost", "tensorflow", "keras",
-                "onnx", "onnxruntime-gpu", "scikit-learn"):
+                "onnx", "onnxruntime-gpu", "scikit-learn", "optuna"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"{Tag.VERSION_PREFIX}{pkg}"] = metadata.version(pkg)
     return tags

@@ -437,7 +437,7 @@ def _run_trials(client: Any, study: Any, config: TuneConfig, space: Mapping[str,
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
     parallel = config.parallel or max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     pending: dict[str, tuple[Any, int]] = {}
-    queue = as_completed()
+    queue = as_completed(loop=client.loop)
     failures = 0
     with tqdm(total=config.n_trials, initial=min(done, config.n_trials), desc=f"tune {config.model}",
               unit="trial", file=sys.stderr) as bar:
