@@ -156,6 +156,19 @@ def test_bad_tune_input_is_one_line_with_exit_code_2(argv, needle, tmp_path, cap
     assert "Traceback" not in err and not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["main", "--tune-trials", "2"], "model 'all': tune searches one tagger at a time"),
+    (["main", "--model", "dnn", "--tune-trials", "2", "--params-from", "abc"], "tune_trials and params_from"),
+    (["train", "--params-from", "0123456789abcdef0123456789abcdef"], "params_from 0123456789abcdef0123456789abcdef"),
+])
+def test_bad_params_from_and_tune_trials_are_one_line_errors(argv, needle, tmp_path, tracking_uri, capsys):
+    from wtag.cli import main
+
+    assert main([*argv, "--data-dir", str(tmp_path), "--experiment", "tune-errors"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("wtag ") and needle in err[-1] and not any(tmp_path.iterdir()), err
+
+
 def test_mlproject_tune_passes_every_parameter_to_the_cli():
     from mlflow.projects._project_spec import load_project
 

@@ -506,8 +506,8 @@ def _study_plots(study: Any, directory: Path) -> list[str]:
             with warnings.catch_warnings():  # Optuna marks its matplotlib backend experimental
                 warnings.simplefilter("ignore")
                 ax = plot(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            _say(f"tune: no {name} plot ({' '.join(str(exc).split())[:120]})")
+        except Exception as exc:  # a figure the study cannot support yet must not fail the search
+            _say(f"tune: no {name} plot ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})")
             continue
         figure = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
         figure.savefig(directory / f"{name}.png", dpi=100, bbox_inches="tight")
@@ -535,7 +535,7 @@ def _log_study(study: Any, config: TuneConfig, seconds: float, finished_before: 
     mlflow.log_dict({"tagger": config.model, "params": best_params, "objective": config.objective,
                      "value": best.value, "value_err": best_err, "trial": best.number, "run_id": best_run,
                      "study": study.study_name}, Artifact.BEST_PARAMS)
-    mlflow.set_tags({Tag.BEST_RUN_ID: best_run, Tag.BEST_CANDIDATE: config.model})
+    mlflow.set_tags({Tag.BEST_CANDIDATE: config.model, **({Tag.BEST_RUN_ID: best_run} if best_run else {})})
     new = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) - finished_before
     mlflow.log_metrics({"best_objective": float(best.value), "best_objective_err": float(best_err), **counts,
                         "trials_per_hour": 3600.0 * new / max(seconds, 1e-9)})
