@@ -317,8 +317,8 @@ def _dataset(root: str) -> PreparedDataset:
     return cache[root]
 
 
-def _limit_threads() -> None:
-    """TensorFlow gets the worker's threads, not every core of the machine (workers share it)."""
+def _limit_threads(tagger: Any, keras_tagger: bool) -> None:
+    """TensorFlow or XGBoost get the worker's threads, not every core of the machine (workers share it)."""
     from wtag.taggers.keras_common import set_threads
 
     try:
@@ -327,7 +327,10 @@ def _limit_threads() -> None:
         threads = max(1, int(get_worker().state.nthreads))
     except (ImportError, ValueError, AttributeError):
         return
-    set_threads(threads, threads)
+    if keras_tagger:
+        set_threads(threads, threads)
+    elif hasattr(tagger, "n_jobs"):
+        tagger.n_jobs = threads
 
 
 def run_trial(task: TrialTask) -> TrialOutcome:
@@ -381,8 +384,7 @@ def _train_trial(task: TrialTask, study: Any, storage: Any, holder: dict[str, st
     config = task.train_config.with_params(task.params)
     tagger = build_tagger(task.tagger, config, ds.standardization)
     keras_tagger = isinstance(tagger, KerasTagger)
-    if keras_tagger:
-        _limit_threads()
+    _limit_threads(tagger, keras_tagger)
     trial = optuna.trial.Trial(study, task.trial_id)
     val = ds.val
     params = {**config.params(), **tagger.hyperparameters(), **task.params, "tagger": task.tagger,
