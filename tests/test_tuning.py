@@ -15,8 +15,6 @@ from wtag.execution import ExecutionConfig
 from wtag.taggers import TrainConfig
 from wtag.tuning import TuneConfig, open_study, search_space, storage_spec, study_name, tune
 
-pytestmark = pytest.mark.slow
-
 # Small networks and two epochs: the trials differ in their parameters, not in their cost.
 SPACE = json.dumps({"layers": [1, 2], "width": [8, 16], "batch_size": 64})
 TRAIN = TrainConfig(epochs=2, patience=2, n_bootstrap=20)
@@ -47,6 +45,7 @@ def _trial_runs(experiment_id: str, parent_id: str) -> list:
         [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`wtag.entry_point` = 'tune_trial'")
 
 
+@pytest.mark.slow
 def test_trials_are_nested_runs_and_the_parent_shows_the_best(setup, study):
     experiment_id, ds, _, _ = setup
     parent_id, config = study
@@ -77,6 +76,7 @@ def test_trials_are_nested_runs_and_the_parent_shows_the_best(setup, study):
     assert len(client.get_metric_history(parent_id, "trial_objective")) == 4
 
 
+@pytest.mark.slow
 def test_the_same_command_resumes_the_study(setup, study):
     experiment_id, ds, data_dir, execution = setup
     _, config = study
@@ -86,6 +86,7 @@ def test_the_same_command_resumes_the_study(setup, study):
     assert len(open_study(name, storage_spec(config, data_dir, name), config).trials) == 4
 
 
+@pytest.mark.slow
 def test_params_from_trains_with_the_best_parameters(setup, study):
     from wtag.training import apply_params_from, train
 
@@ -103,6 +104,7 @@ def test_params_from_trains_with_the_best_parameters(setup, study):
         assert run.data.params[key] == best.data.params[key], key
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_only_its_trial(setup, run_killing_a_worker):
     experiment_id, ds, data_dir, execution = setup
     config = TuneConfig(model="dnn", n_trials=4, space=SPACE, sampler_seed=2, pruner="none")
@@ -116,6 +118,7 @@ def test_a_killed_worker_loses_only_its_trial(setup, run_killing_a_worker):
     assert MlflowClient().get_run(parent_id).data.metrics["n_complete"] == 4
 
 
+@pytest.mark.slow
 def test_a_hopeless_trial_is_pruned(setup):
     """Five finished trials that reached AUC 1 at every epoch, then one with a learning rate too small to learn:
     the median pruner stops it after the warm-up epochs."""
