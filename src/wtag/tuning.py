@@ -480,6 +480,8 @@ def _state_counts(trials: list[Any]) -> dict[str, int]:
 
 
 def _trials_table(trials: list[Any]) -> Any:
+    """Every finished trial as a DataFrame for ``mlflow.log_table``; text columns as plain ``object`` columns, as
+    ``evaluation.comparison_frame`` does (MLflow scans them for images, and pandas 3 warns on its ``str`` dtype)."""
     import pandas as pd
 
     rows = []
@@ -491,7 +493,11 @@ def _trials_table(trials: list[Any]) -> Any:
                      "objective_err": t.user_attrs.get(ERR_ATTR), "run_id": t.user_attrs.get(RUN_ATTR, ""),
                      "duration_s": t.duration.total_seconds() if t.duration else None,
                      **{f"param_{k}": v for k, v in t.user_attrs.get(PARAMS_ATTR, t.params).items()}})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for column in frame.columns:
+        if pd.api.types.is_string_dtype(frame[column]):
+            frame[column] = frame[column].astype(object)
+    return frame
 
 
 def _study_plots(study: Any, directory: Path) -> list[str]:
