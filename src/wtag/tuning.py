@@ -319,8 +319,6 @@ def _dataset(root: str) -> PreparedDataset:
 
 def _limit_threads(tagger: Any, keras_tagger: bool) -> None:
     """TensorFlow or XGBoost get the worker's threads, not every core of the machine (workers share it)."""
-    from wtag.taggers.keras_common import set_threads
-
     try:
         from distributed import get_worker
 
@@ -328,6 +326,8 @@ def _limit_threads(tagger: Any, keras_tagger: bool) -> None:
     except (ImportError, ValueError, AttributeError):
         return
     if keras_tagger:
+        from wtag.taggers.keras_common import set_threads
+
         set_threads(threads, threads)
     elif hasattr(tagger, "n_jobs"):
         tagger.n_jobs = threads
@@ -378,12 +378,10 @@ def _train_trial(task: TrialTask, study: Any, storage: Any, holder: dict[str, st
     import mlflow
     import optuna
 
-    from wtag.taggers.keras_common import KerasTagger
-
     ds = _dataset(task.dataset_root)
     config = task.train_config.with_params(task.params)
     tagger = build_tagger(task.tagger, config, ds.standardization)
-    keras_tagger = isinstance(tagger, KerasTagger)
+    keras_tagger = tagger.flavor == "keras"  # per-epoch validation AUC to prune on; XGBoost reports after the fit
     _limit_threads(tagger, keras_tagger)
     trial = optuna.trial.Trial(study, task.trial_id)
     val = ds.val
