@@ -353,6 +353,7 @@ def run_trial(task: TrialTask) -> TrialOutcome:
         _fail_trial(study, task.number, "its worker was lost")
         return TrialOutcome(task.number, "failed", error="worker lost")
     mlflow.set_experiment(experiment_id=task.experiment_id)
+    _fail_orphan_runs(task)
     holder: dict[str, str] = {}
     try:
         state, value = _train_trial(task, study, storage, holder)
@@ -368,6 +369,18 @@ def run_trial(task: TrialTask) -> TrialOutcome:
     else:
         study.tell(task.number, value)
     return TrialOutcome(task.number, state, value)
+
+
+def _fail_orphan_runs(task: TrialTask) -> None:
+    """A worker lost between starting a trial's run and recording it on the trial leaves that run RUNNING; the
+    retry marks it FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for run in client.search_runs([task.experiment_id], f"tags.`{Tag.STUDY}` = '{task.study}' and "
+                                  f"tags.`{Tag.TRIAL_NUMBER}` = '{task.number}' and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, status="FAILED")
+        client.set_tag(run.info.run_id, Tag.TRIAL_STATE, "failed")
 
 
 def _state_word(state: Any) -> str:
