@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"wtag": REPO / "src" / "wtag", "serving": REPO / "serving"}
-STEPS = ("wtag.prepare", "wtag.training", "wtag.evaluation", "wtag.onnx_export")
+STEPS = ("wtag.prepare", "wtag.training", "wtag.tuning", "wtag.evaluation", "wtag.onnx_export")
 # Below the steps: what they may share. None of these imports a step or the pipeline.
 LOWER = ("wtag.schema", "wtag.errors", "wtag.fileio", "wtag.jets", "wtag.dataset", "wtag.features", "wtag.sources",
          "wtag.metrics", "wtag.plots", "wtag.taggers", "wtag.inference", "wtag.runs", "wtag.registry",

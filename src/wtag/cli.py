@@ -22,6 +22,7 @@ from wtag.taggers.base import LR_SCHEDULES, TrainConfig
 from wtag.tracking import DEFAULT_EXPERIMENT, tracking_uri_from_env
 from wtag.tracking_server import DEFAULT_DIR, DEFAULT_HOST, DEFAULT_PORT
 from wtag.training import ALL_TAGGERS
+from wtag.tuning import OBJECTIVES, PRUNERS, SAMPLERS, TuneConfig
 
 # Entry-point group through which other installed packages add subcommands (``serving`` adds ``serve``), so
 # that wtag never imports them.
@@ -137,6 +138,31 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=d.init_from,
                    help="start from this model's weights: a tagger run id, or a runs:/ or models:/ URI of a model "
                         "of the same (Keras) tagger")
+    p.add_argument("--params-from", default=d.params_from,
+                   help="a tune run id: train its tagger with the study's best parameters")
+    _add_bootstrap_arg(p)
+
+
+def _add_tune_args(p: argparse.ArgumentParser) -> None:
+    d, t = TuneConfig, TrainConfig
+    p.add_argument("--model", default=d.model, help="the tagger to tune")
+    p.add_argument("--n-trials", type=_positive_int, default=d.n_trials,
+                   help="finished (complete or pruned) trials the study reaches; a rerun resumes it")
+    p.add_argument("--space", default=d.space,
+                   help="override of the tagger's search space: JSON/YAML or a .json/.yaml file, e.g. "
+                        "'{learning_rate: {low: 1.0e-4, high: 1.0e-3, log: true}, batch_size: 256, dropout: null}'")
+    p.add_argument("--objective", default=d.objective, choices=OBJECTIVES,
+                   help="validation metric to maximize (val_pauc: ROC area up to 10%% QCD efficiency)")
+    p.add_argument("--sampler", default=d.sampler, choices=SAMPLERS)
+    p.add_argument("--sampler-seed", type=_int, default=d.sampler_seed)
+    p.add_argument("--pruner", default=d.pruner, choices=PRUNERS,
+                   help="stop hopeless trials from their per-epoch validation AUC")
+    p.add_argument("--storage", default=d.storage,
+                   help="Optuna RDB URL for the study; default: a journal file under DATA_DIR/tune")
+    p.add_argument("--parallel", type=_int, default=d.parallel, help="trials at once (0: one per Dask worker)")
+    p.add_argument("--epochs", type=_positive_int, default=t.epochs)
+    p.add_argument("--patience", type=_positive_int, default=t.patience)
+    p.add_argument("--train-seed", type=_int, default=t.seed, help="seed of weight initialisation and shuffling")
     _add_bootstrap_arg(p)
 
 
@@ -168,8 +194,19 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     optional = {"n_bootstrap": args.n_bootstrap, "disco_lambda": parse_disco_lambdas(args.disco_lambda)[0]}
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        lr_schedule=args.lr_schedule, patience=args.patience, seed=args.train_seed,
-                       init_from=args.init_from.strip(),
+                       init_from=args.init_from.strip(), params_from=args.params_from.strip(),
                        **{k: v for k, v in optional.items() if v is not None})
+
+
+def _tune_config(args: argparse.Namespace) -> TuneConfig:
+    """The search settings, checked (tagger, space) before any data are made or a server is asked."""
+    from wtag.tuning import search_space
+
+    config = TuneConfig(model=args.model.strip(), n_trials=args.n_trials, space=args.space, objective=args.objective,
+                        sampler=args.sampler, sampler_seed=args.sampler_seed, pruner=args.pruner,
+                        storage=args.storage.strip(), parallel=args.parallel)
+    search_space(config.model, config.space)
+    return config
 
 
 def _disco_lambdas(args: argparse.Namespace) -> list[float] | None:
@@ -235,6 +272,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from wtag.pipeline import tune_step
+    from wtag.tracking import configure
+
+    tune_config = _tune_config(args)
+    train_config = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.train_seed,
+                               n_bootstrap=args.n_bootstrap)
+    experiment_id = configure(tracking_uri_from_env(), args.experiment)
+    run_id = tune_step(_prepare_config(args), args.data_dir, experiment_id, tune_config, train_config,
+                       workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id), scheduler=args.scheduler)
+    print(f"tune run {run_id}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from wtag.evaluation import evaluate_step
     from wtag.tracking import configure
@@ -266,7 +317,7 @@ def cmd_main(args: argparse.Namespace) -> int:
     steps = main_pipeline(_prepare_config(args), args.data_dir, experiment_id, args.model, _train_config(args),
                           args.metric, workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id),
                           scheduler=args.scheduler, max_sculpting=args.max_sculpting,
-                          disco_lambdas=_disco_lambdas(args))
+                          disco_lambdas=_disco_lambdas(args), tune_trials=args.tune_trials)
     print(" ".join(f"{k}={v}" for k, v in steps.items()))
     return 0
 
@@ -353,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("tune", help="prepare (reusing) and search a tagger's hyperparameters: Optuna trials on Dask")
+    _add_prepare_args(p)
+    _add_tune_args(p)
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("evaluate", help="compare tagger runs on one dataset and pick the champion")
     _add_experiment_arg(p)
     _add_metric_arg(p)
@@ -374,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     _add_metric_arg(p)
     _add_evaluate_args(p)
+    p.add_argument("--tune-trials", type=_int, default=0,
+                   help="tune the one tagger of --model with this many trials first, and train it with the best "
+                        "parameters (0: no tuning)")
     p.set_defaults(func=cmd_main)
 
     p = sub.add_parser("tracking-server", help="start/stop the local MLflow tracking server")

@@ -15,7 +15,7 @@ efficiencies; the background rejection is ``1 / eps_b``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from sklearn import metrics as skm
@@ -303,13 +303,36 @@ def bootstrap(y: np.ndarray, msd: np.ndarray, scores: Mapping[str, np.ndarray], 
     sig, bkg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     out = {name: {m: np.empty(n_bootstrap) for m in BOOTSTRAP_METRICS} for name in scores}
     for i in range(n_bootstrap):
-        counts = np.zeros(len(y))
-        counts[sig] = rng.multinomial(len(sig), np.full(len(sig), 1.0 / len(sig)))
-        counts[bkg] = rng.multinomial(len(bkg), np.full(len(bkg), 1.0 / len(bkg)))
+        counts = _stratified_counts(rng, len(y), sig, bkg)
         for name, score in scores.items():
             for m, value in _point_metrics(y, np.asarray(score, dtype=np.float64), msd, counts, len(bkg)).items():
                 out[name][m][i] = value
     return out
+
+
+def _stratified_counts(rng: np.random.Generator, n: int, sig: np.ndarray, bkg: np.ndarray) -> np.ndarray:
+    """Multiplicities of one stratified resample: as many W and QCD jets as the sample has, with replacement."""
+    counts = np.zeros(n)
+    counts[sig] = rng.multinomial(len(sig), np.full(len(sig), 1.0 / len(sig)))
+    counts[bkg] = rng.multinomial(len(bkg), np.full(len(bkg), 1.0 / len(bkg)))
+    return counts
+
+
+def partial_auc(y: np.ndarray, score: np.ndarray, max_eps_b: float = 0.1, weight: np.ndarray | None = None) -> float:
+    """ROC area over background efficiencies up to ``max_eps_b`` (the high-rejection end a tagger is used at),
+    McClish-standardized as scikit-learn's ``max_fpr``: 0.5 for a random score, 1 for a perfect one."""
+    y, score, weight = _checked(y, score, weight)
+    return float(skm.roc_auc_score(y, score, sample_weight=weight, max_fpr=max_eps_b))
+
+
+def bootstrap_error(statistic: Callable[[np.ndarray, np.ndarray, np.ndarray], float], y: np.ndarray,
+                    score: np.ndarray, n_bootstrap: int, seed: int) -> float:
+    """``spread`` of ``statistic(y, score, multiplicities)`` over the stratified resamples ``bootstrap`` uses."""
+    y, score, _ = _checked(y, score)
+    rng = np.random.default_rng(seed)
+    sig, bkg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    return spread(np.array([statistic(y, score, _stratified_counts(rng, len(y), sig, bkg))
+                            for _ in range(n_bootstrap)]))
 
 
 def spread(values: np.ndarray) -> float:
@@ -344,9 +367,7 @@ def rejection_band(y: np.ndarray, score: np.ndarray, signal_efficiencies: np.nda
     grid = np.asarray(signal_efficiencies, dtype=np.float64)
     rejections = np.empty((n_bootstrap, len(grid)))
     for i in range(n_bootstrap):
-        counts = np.zeros(len(y))
-        counts[sig] = rng.multinomial(len(sig), np.full(len(sig), 1.0 / len(sig)))
-        counts[bkg] = rng.multinomial(len(bkg), np.full(len(bkg), 1.0 / len(bkg)))
+        counts = _stratified_counts(rng, len(y), sig, bkg)
         eps_b, eps_s, _ = skm.roc_curve(y, score, sample_weight=counts, drop_intermediate=False)
         unique_s, first = np.unique(eps_s, return_index=True)
         rejections[i] = 1.0 / np.maximum(np.interp(grid, unique_s, eps_b[first]), 0.5 / len(bkg))

@@ -6,6 +6,7 @@ that TensorFlow is imported once.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -15,11 +16,13 @@ import numpy as np
 
 from wtag import plots, schema
 from wtag.dataset import SPLITS, PreparedDataset, load_prepared
+from wtag.errors import WtagError
 from wtag.prepare import PrepareConfig, prepare, prepared_key
 from wtag.runs import candidate_label, decorrelation_of, find_dataset, log_dataset_input
 from wtag.schema import Artifact, EntryPoint, Tag
 from wtag.taggers import TrainConfig
 from wtag.tracking import find_finished_run, tracked_run
+from wtag.tuning import TuneConfig
 
 
 def _say(msg: str) -> None:
@@ -84,8 +87,9 @@ def train_step(config: PrepareConfig, data_dir: Path, experiment_id: str, model:
 
     ``disco_lambdas``: a DisCo scan (every Keras tagger once per strength), default ``train_config``'s alone.
     """
-    from wtag.training import resolve_models, scan_text, train
+    from wtag.training import apply_params_from, resolve_models, scan_text, train
 
+    model, train_config = apply_params_from(train_config, model)
     resolve_models(model)  # a bad tagger name fails before any data is generated
     prep_run_id, ds = prepare_step(config, data_dir, experiment_id, workers=workers, scheduler=scheduler)
     if reuse:
@@ -98,11 +102,27 @@ def train_step(config: PrepareConfig, data_dir: Path, experiment_id: str, model:
     return train(ds, model, train_config, prepare_run_id=prep_run_id, run_id=run_id, disco_lambdas=disco_lambdas)
 
 
+def tune_step(config: PrepareConfig, data_dir: Path, experiment_id: str, tune_config: TuneConfig,
+              train_config: TrainConfig, workers: int | None = None, run_id: str | None = None,
+              scheduler: str = "") -> str:
+    """Prepare (reusing) then run or resume the study; return the ``tune`` run id."""
+    from wtag.execution import ExecutionConfig
+    from wtag.tuning import search_space, tune
+
+    search_space(tune_config.model, tune_config.space)  # a bad space fails before any data is generated
+    prep_run_id, ds = prepare_step(config, data_dir, experiment_id, workers=workers, scheduler=scheduler)
+    return tune(ds, tune_config, train_config, data_dir, ExecutionConfig(scheduler, workers or 0),
+                prepare_run_id=prep_run_id, run_id=run_id)
+
+
 def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, model: str,
                   train_config: TrainConfig, metric: str, workers: int | None = None,
                   run_id: str | None = None, scheduler: str = "", max_sculpting: float | None = None,
-                  disco_lambdas: Sequence[float] | None = None) -> dict[str, str]:
-    """prepare -> train -> evaluate -> export, each its own run, each reused when already done.
+                  disco_lambdas: Sequence[float] | None = None, tune_trials: int = 0) -> dict[str, str]:
+    """[tune ->] prepare -> train -> evaluate -> export, each its own run, each reused when already done.
+
+    ``tune_trials`` > 0 first tunes the one tagger ``model`` names (resuming its study) and trains it with the
+    best parameters (``params_from``).
 
     Export moves two aliases: ``champion`` to the evaluation's champion, and ``decorrelated`` to its best
     candidate with test_mass_sculpting <= ``max_sculpting`` when one qualifies. The ``main`` run shows the
@@ -113,22 +133,33 @@ def main_pipeline(config: PrepareConfig, data_dir: Path, experiment_id: str, mod
     from wtag.training import scan_text
 
     max_sculpting = DEFAULT_MAX_SCULPTING if max_sculpting is None else max_sculpting
+    tune_config = None
+    if tune_trials > 0:
+        if train_config.params_from:
+            raise WtagError("tune_trials and params_from both choose the parameters: pass one of them")
+        tune_config = TuneConfig(model=model, n_trials=tune_trials)
     params = {**config.params(), "model": model, "metric": metric, **train_config.params(),
-              "disco_lambda": scan_text(train_config, disco_lambdas), "max_sculpting": max_sculpting}
+              "disco_lambda": scan_text(train_config, disco_lambdas), "max_sculpting": max_sculpting,
+              **({"tune_trials": tune_trials} if tune_trials else {})}
     description = (f"pipeline: prepare {config.source}, train {model}, evaluate by {metric}, export champion "
                    f"and the best candidate with mass sculpting <= {max_sculpting:g}")
     run_name = f"main-{config.source}-{config.sample_size()}"
     with tracked_run(EntryPoint.MAIN, run_name, description, params, run_id=run_id):
         import mlflow
 
+        tune_run = None
+        if tune_config is not None:
+            tune_run = tune_step(config, data_dir, experiment_id, tune_config, train_config, workers=workers,
+                                 scheduler=scheduler)
+            train_config = dataclasses.replace(train_config, params_from=tune_run)
         train_run = train_step(config, data_dir, experiment_id, model, train_config, workers=workers, reuse=True,
                                scheduler=scheduler, disco_lambdas=disco_lambdas)
         ds_digest = mlflow.get_run(train_run).data.params["dataset_digest"]
         eval_run, champion_run = evaluate_step(experiment_id, ds_digest, metric, train_run_id=train_run,
                                                max_sculpting=max_sculpting, n_bootstrap=train_config.n_bootstrap)
         export_run, version = export_step(experiment_id, champion_run)
-        steps = {"train": train_run, "evaluate": eval_run, "export": export_run, "champion": champion_run,
-                 "model_version": version}
+        steps = {**({"tune": tune_run} if tune_run else {}), "train": train_run, "evaluate": eval_run,
+                 "export": export_run, "champion": champion_run, "model_version": version}
         decorrelated_run = mlflow.get_run(eval_run).data.tags.get(Tag.DECORRELATED_RUN_ID)
         if decorrelated_run:
             export_decorrelated, decorrelated_version = export_step(experiment_id, decorrelated_run,

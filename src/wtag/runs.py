@@ -253,3 +253,27 @@ def log_dataset_input(ds: PreparedDataset, split_name: str) -> None:
     import mlflow
 
     mlflow.log_input(mlflow_dataset(ds, split_name), context=split_name)
+
+
+def tuned_params(run_id: str) -> tuple[str, dict[str, Any]]:
+    """(tagger, best parameters) of a FINISHED ``tune`` run, from its ``best_params.json``; WtagError naming the
+    run for anything else."""
+    import json
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    what = f"params_from {run_id}"
+    try:
+        run = _client().get_run(run_id)
+    except MlflowException:
+        raise WtagError(f"{what}: no such run on the tracking server") from None
+    if run.data.tags.get(Tag.ENTRY_POINT) != EntryPoint.TUNE:
+        raise WtagError(f"{what}: not a tune run (tag {Tag.ENTRY_POINT} = '{run.data.tags.get(Tag.ENTRY_POINT, '')}')")
+    if run.info.status != "FINISHED":
+        raise WtagError(f"{what}: tune run is {run.info.status}, not FINISHED")
+    try:
+        best = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{Artifact.BEST_PARAMS}"))
+    except MlflowException:
+        raise WtagError(f"{what}: the tune run has no {Artifact.BEST_PARAMS}") from None
+    return str(best["tagger"]), dict(best["params"])

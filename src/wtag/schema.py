@@ -168,6 +168,12 @@ class Tag:
     # On the ``train`` parent and ``main`` runs: the candidate whose test metrics they show
     BEST_RUN_ID = "wtag.best_run_id"
     BEST_CANDIDATE = "wtag.best_candidate"
+    # Tuning: on ``tune`` and ``tune_trial`` runs the Optuna study; on a trial run its number and final state
+    # (TRIAL_STATES); on ``train`` and tagger runs trained with tuned parameters, the ``tune`` run they came from.
+    STUDY = "wtag.study"
+    TRIAL_NUMBER = "wtag.trial_number"
+    TRIAL_STATE = "wtag.trial_state"
+    PARAMS_FROM = "wtag.params_from"
 
     @staticmethod
     def alias(alias: str, event: str) -> str:
@@ -190,6 +196,8 @@ class EntryPoint:
     EXPORT = "export"
     MAIN = "main"
     SCORE = "score"
+    TUNE = "tune"
+    TUNE_TRIAL = "tune_trial"  # one Optuna trial, a child run of ``tune``
 
 
 class Artifact:
@@ -209,9 +217,12 @@ class Artifact:
     FRONT_PNG = "decorrelation_front.png"  # r50 vs 1/JSD with the Pareto front
     FRONT_MASS_PNG = "decorrelation_front_mass.png"  # QCD msd before / after the cut, front members
     FRONT_CSV = "decorrelation_front.csv"
+    BEST_PARAMS = "best_params.json"  # tune run: the tagger, the best trial's parameters, its objective
+    TRIALS_TABLE = "trials.json"  # tune run (mlflow.log_table): every trial, its state, objective, parameters
 
 
 REGISTERED_MODEL = "wtag"
 CHAMPION_ALIAS = "champion"
 DECORRELATED_ALIAS = "decorrelated"  # the best candidate with test_mass_sculpting <= max_sculpting
 DECORRELATION_NONE = "none"  # Tag.DECORRELATION of a run trained without a decorrelation penalty
+TRIAL_STATES = ("complete", "pruned", "failed")  # Tag.TRIAL_STATE values

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -155,10 +157,40 @@ def environment_tags() -> dict[str, str]:
     tags = {Tag.GIT_COMMIT: git_commit(), Tag.PYTHON: platform.python_version(),
             Tag.PLATFORM: platform.platform()}
     for pkg in ("mlflow", "numpy", "awkward", "uproot", "fastjet", "pythia8mc", "xgboost", "tensorflow", "keras",
-                "onnx", "onnxruntime-gpu", "scikit-learn"):
+                "onnx", "onnxruntime-gpu", "scikit-learn", "optuna"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"{Tag.VERSION_PREFIX}{pkg}"] = metadata.version(pkg)
     return tags
+
+
+class EpochLogger:
+    """Per-epoch metrics to the active run, batched: live for slow Keras epochs, one request per second at
+    most for the hundreds of boosting rounds XGBoost reports at once."""
+
+    def __init__(self, run_id: str, interval_s: float = 1.0) -> None:
+        self.run_id = run_id
+        self.interval_s = interval_s
+        self.pending: list = []
+        self.last_flush = time.monotonic()
+
+    def __call__(self, epoch: int, logs: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now_ms = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now_ms, epoch) for k, v in logs.items() if math.isfinite(v)]
+        if time.monotonic() - self.last_flush >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if not self.pending:
+            return
+        client = MlflowClient()
+        for start in range(0, len(self.pending), 1000):  # the server's batch limit
+            client.log_batch(self.run_id, metrics=self.pending[start:start + 1000], synchronous=True)
+        self.pending = []
+        self.last_flush = time.monotonic()
 
 
 def _as_param(value: Any) -> str:

@@ -20,6 +20,7 @@ from wtag.errors import WtagError
 from wtag.runs import candidate_label, log_dataset_input
 from wtag.schema import DECORRELATION_NONE, Artifact, EntryPoint, Tag
 from wtag.taggers import TAGGER_NAMES, Tagger, TrainConfig, build_tagger, tagger_class
+from wtag.tracking import EpochLogger
 
 
 ALL_TAGGERS = "all"
@@ -48,6 +49,20 @@ def resolve_models(model: str) -> list[str]:
     return names
 
 
+def apply_params_from(config: TrainConfig, model: str) -> tuple[str, TrainConfig]:
+    """``params_from``: the tune run's tagger and ``config`` with its best parameters (what the study did not
+    search, e.g. epochs, stays as given). ``model`` must be that tagger or ``all``."""
+    from wtag.runs import tuned_params
+
+    if not config.params_from:
+        return model, config
+    tagger, params = tuned_params(config.params_from)
+    if model not in (ALL_TAGGERS, tagger):
+        raise WtagError(f"params_from {config.params_from}: the study tuned '{tagger}', but model is '{model}' "
+                        f"(pass -P model={tagger} or leave it '{ALL_TAGGERS}')")
+    return tagger, config.with_params(params)
+
+
 def runnable(names: Sequence[str], ds: PreparedDataset) -> list[str]:
     """Taggers whose inputs the dataset has; each skipped one gets a one-line message."""
     have = set(ds.train.available())
@@ -62,36 +77,6 @@ def runnable(names: Sequence[str], ds: PreparedDataset) -> list[str]:
     if not keep:
         raise WtagError(f"none of the requested taggers can train on source '{ds.source}'")
     return keep
-
-
-class EpochLogger:
-    """Per-epoch metrics to the active run, batched: live for slow Keras epochs, one request per second at
-    most for the hundreds of boosting rounds XGBoost reports at once."""
-
-    def __init__(self, run_id: str, interval_s: float = 1.0) -> None:
-        self.run_id = run_id
-        self.interval_s = interval_s
-        self.pending: list = []
-        self.last_flush = time.monotonic()
-
-    def __call__(self, epoch: int, logs: Mapping[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now_ms = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now_ms, epoch) for k, v in logs.items() if np.isfinite(v)]
-        if time.monotonic() - self.last_flush >= self.interval_s:
-            self.flush()
-
-    def flush(self) -> None:
-        from mlflow.tracking import MlflowClient
-
-        if not self.pending:
-            return
-        client = MlflowClient()
-        for start in range(0, len(self.pending), 1000):  # the server's batch limit
-            client.log_batch(self.run_id, metrics=self.pending[start:start + 1000], synchronous=True)
-        self.pending = []
-        self.last_flush = time.monotonic()
 
 
 def _run_name(name: str, ds: PreparedDataset, config: TrainConfig) -> str:
@@ -183,6 +168,9 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
                    + (f", DisCo mass decorrelation lambda={config.disco_lambda:g}" if config.disco_lambda > 0 else ""))
     tags = {Tag.TAGGER: name, Tag.FAMILY: tagger.family, Tag.DATASET_DIGEST: ds.digest, Tag.SOURCE: ds.source,
             Tag.DECORRELATION: config.decorrelation}
+    if config.params_from:
+        tags[Tag.PARAMS_FROM] = config.params_from
+        description += f", with the best parameters of tune run {config.params_from}"
     if parent is not None:
         tagger.start_from(model_uri(parent.info.run_id))
         description += f", starting from the weights of run {parent.info.run_id}" + _lineage_text(parent)
@@ -291,7 +279,8 @@ def train(ds: PreparedDataset, model: str, config: TrainConfig, prepare_run_id: 
               "disco_lambda": scan_text(config, disco_lambdas)}
     description = f"train {', '.join(names)} on {len(ds.train)} {ds.source} jets (dataset {ds.digest[:8]})"
     tags = {Tag.DATASET_DIGEST: ds.digest, Tag.SOURCE: ds.source,
-            **({Tag.PREPARE_RUN_ID: prepare_run_id} if prepare_run_id else {})}
+            **({Tag.PREPARE_RUN_ID: prepare_run_id} if prepare_run_id else {}),
+            **({Tag.PARAMS_FROM: config.params_from} if config.params_from else {})}
     with tracked_run(EntryPoint.TRAIN, f"train-{model}-{ds.source}-{len(ds.train)}", description, params, tags=tags,
                      run_id=run_id) as parent:
         results: list[TaggerResult] = []

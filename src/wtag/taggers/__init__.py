@@ -35,7 +35,10 @@ def tagger_class(name: str) -> type[Tagger]:
 
 
 def build_tagger(name: str, config: TrainConfig, standardization: Standardization) -> Tagger:
-    return tagger_class(name)(config, standardization)
+    """A new tagger with ``config.tagger_params`` (tuned hyperparameters) applied."""
+    tagger = tagger_class(name)(config, standardization)
+    tagger.configure(config.tagger_params_dict())
+    return tagger
 
 
 __all__ = ["REGISTRY", "TAGGER_NAMES", "Tagger", "TrainConfig", "build_tagger", "tagger_class"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,17 +41,38 @@ class TrainConfig:
     # Start from the weights of this model instead of random ones: a tagger run id, or a runs:/ or models:/ URI
     # of a model of the same tagger (Keras taggers only); "" trains from scratch.
     init_from: str = ""
+    # Decoupled weight decay of the Keras optimizer (0 = off); a tuned parameter.
+    weight_decay: float = 0.0
+    # The tagger's own tuned hyperparameters (names from its ``search_space``) as a JSON object; "" = its defaults.
+    tagger_params: str = ""
+    # The ``tune`` run whose best parameters this training uses (lineage); "" = none.
+    params_from: str = ""
 
     def params(self) -> dict[str, object]:
         """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there).
 
-        ``init_from`` only when set: ``mlflow run`` logs an empty MLproject parameter as the two characters
-        ``''``, which would never match a run started in-process, so finished runs would not be reused.
+        ``init_from``, ``tagger_params`` and ``params_from`` only when set: ``mlflow run`` logs an empty MLproject
+        parameter as the two characters ``''``, which would never match a run started in-process, so finished runs
+        would not be reused.
         """
         return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "lr_schedule": self.lr_schedule, "patience": self.patience, "train_seed": self.seed,
-                "disco_lambda": self.disco_lambda,
-                "n_bootstrap": self.n_bootstrap, **({"init_from": self.init_from} if self.init_from else {})}
+                "disco_lambda": self.disco_lambda, "weight_decay": self.weight_decay,
+                "n_bootstrap": self.n_bootstrap,
+                **{k: v for k, v in (("init_from", self.init_from), ("tagger_params", self.tagger_params),
+                                     ("params_from", self.params_from)) if v}}
+
+    def tagger_params_dict(self) -> dict[str, Any]:
+        """``tagger_params`` decoded (empty when unset)."""
+        return json.loads(self.tagger_params) if self.tagger_params else {}
+
+    def with_params(self, params: Mapping[str, Any]) -> TrainConfig:
+        """This config with tuned parameters applied: TrainConfig fields (``learning_rate``, ``batch_size``,
+        ``weight_decay``, ``lr_schedule``, ...) replace their values, the rest become ``tagger_params``."""
+        fields = {f.name for f in dataclasses.fields(self)} - {"tagger_params", "params_from", "init_from"}
+        own = {k: v for k, v in params.items() if k in fields}
+        rest = {k: v for k, v in params.items() if k not in fields}
+        return dataclasses.replace(self, **own, tagger_params=json.dumps(rest, sort_keys=True) if rest else "")
 
     @property
     def decorrelation(self) -> str:
@@ -70,10 +92,26 @@ class Tagger(abc.ABC):
     inputs: ClassVar[tuple[str, ...]]
     flavor: ClassVar[str]  # MLflow flavor used by log_model: "keras", "xgboost" or "pyfunc"
     supports_disco: ClassVar[bool] = False  # trains with TrainConfig.disco_lambda > 0 (the Keras taggers)
+    # What ``tune`` searches, declared once per family (wtag.tuning: the format). A value per name: a list of
+    # choices, or {low, high[, log][, step]} (integers when low and high are). Names are TrainConfig fields or
+    # this tagger's own hyperparameters (set by ``configure``). Empty: nothing to tune (closed-form taggers).
+    search_space: ClassVar[Mapping[str, Any]] = {}
+    # Tuned name -> attribute, where they differ (the BDT's ``eta`` is its ``learning_rate``).
+    param_attributes: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, config: TrainConfig, standardization: Standardization) -> None:
         self.config = config
         self.standardization = standardization
+
+    def configure(self, params: Mapping[str, Any]) -> None:
+        """Set this instance's own tuned hyperparameters (``TrainConfig.tagger_params``) over the class defaults."""
+        own = set(self.search_space) - {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(params) - own)
+        if unknown:
+            raise WtagError(f"tagger '{self.name}' has no tunable hyperparameter {', '.join(unknown)} "
+                            f"(its own: {', '.join(sorted(own)) or 'none'})")
+        for key, value in params.items():
+            setattr(self, self.param_attributes.get(key, key), value)
 
     @abc.abstractmethod
     def fit(self, train: Split, val: Split, on_epoch_end: EpochCallback | None = None) -> dict[str, list[float]]:

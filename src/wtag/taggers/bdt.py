@@ -30,6 +30,12 @@ class BDTTagger(Tagger):
     family = "tree"
     inputs = (schema.INPUT_HL,)
     flavor = "xgboost"
+    # Boosting rounds stay large: early stopping on the validation log-loss picks the number that counts.
+    search_space = {"max_depth": {"low": 3, "high": 10}, "eta": {"low": 0.02, "high": 0.3, "log": True},
+                    "subsample": {"low": 0.5, "high": 1.0}, "colsample_bytree": {"low": 0.5, "high": 1.0},
+                    "min_child_weight": {"low": 0.5, "high": 20.0, "log": True},
+                    "reg_lambda": {"low": 0.1, "high": 10.0, "log": True}}
+    param_attributes = {"eta": "learning_rate"}
 
     def __init__(self, config: TrainConfig, standardization: Standardization, *, n_estimators: int = 500,
                  max_depth: int = 6, learning_rate: float = 0.1, subsample: float = 0.8,

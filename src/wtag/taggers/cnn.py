@@ -12,7 +12,7 @@ import keras
 from wtag import schema
 from wtag.dataset import Standardization
 from wtag.errors import WtagError
-from wtag.taggers.keras_common import KerasTagger, sigmoid_output
+from wtag.taggers.keras_common import TRAINING_SPACE, KerasTagger, sigmoid_output
 
 
 def _image_scale(standardization: Standardization) -> float:
@@ -33,6 +33,8 @@ class TutorialCNNTagger(KerasTagger):
     name: ClassVar[str] = "cnn_tutorial"
     family: ClassVar[str] = "cnn"
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_IMAGES,)
+    # The layout is the tutorial's by definition; only its training is tuned.
+    search_space: ClassVar[dict[str, Any]] = dict(TRAINING_SPACE)
 
     def architecture(self) -> dict[str, Any]:
         return {"architecture": "cnn_tutorial", "filters": "8,8,8", "kernels": "11,3,3", "pools": "2,3,3",
@@ -67,9 +69,16 @@ class CNNTagger(KerasTagger):
     family: ClassVar[str] = "cnn"
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_IMAGES,)
 
-    filters: ClassVar[tuple[int, ...]] = (16, 32, 64)
+    base_filters: ClassVar[int] = 16  # doubled in each of the three blocks
     dense_units: ClassVar[int] = 64
     dropout: ClassVar[float] = 0.2
+    search_space: ClassVar[dict[str, Any]] = {**TRAINING_SPACE, "base_filters": [8, 16, 32],
+                                              "dense_units": [32, 64, 128], "dropout": {"low": 0.0, "high": 0.5}}
+
+    @property
+    def filters(self) -> tuple[int, ...]:
+        f = int(self.base_filters)
+        return (f, 2 * f, 4 * f)
     # Linear view: pixel pT in units of LINEAR_UNIT x image_scale, so hard prongs are O(1).
     linear_unit: ClassVar[float] = 0.1
     # Log view: log1p(pixel pT / (LOG_UNIT x image_scale)); with image_scale ~ 300 GeV the unit is ~0.3 GeV,

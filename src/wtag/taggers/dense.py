@@ -11,7 +11,7 @@ import keras
 
 from wtag import schema
 from wtag.errors import WtagError
-from wtag.taggers.keras_common import KerasTagger, dense_stack, sigmoid_output, standardize
+from wtag.taggers.keras_common import TRAINING_SPACE, KerasTagger, dense_stack, sigmoid_output, standardize
 
 
 class DenseTagger(KerasTagger):
@@ -21,8 +21,15 @@ class DenseTagger(KerasTagger):
     family: ClassVar[str] = "dense"
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_HL,)
 
-    units: ClassVar[tuple[int, ...]] = (64, 64, 64)
+    layers: ClassVar[int] = 3
+    width: ClassVar[int] = 64
     dropout: ClassVar[float] = 0.1
+    search_space: ClassVar[dict[str, Any]] = {**TRAINING_SPACE, "layers": [2, 3, 4], "width": [32, 64, 128, 256],
+                                              "dropout": {"low": 0.0, "high": 0.3}}
+
+    @property
+    def units(self) -> tuple[int, ...]:
+        return (int(self.width),) * int(self.layers)
 
     def architecture(self) -> dict[str, Any]:
         return {"architecture": "dense", "units": ",".join(map(str, self.units)), "dropout": self.dropout,

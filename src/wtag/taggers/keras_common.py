@@ -28,6 +28,14 @@ ONNX_BATCH_DIM = "N"
 PREDICT_BATCH_SIZE = 1024
 # How many rows of the caller's input example are stored with a logged model.
 EXAMPLE_ROWS = 3
+# The optimisation part of every Keras tagger's search space (wtag.tuning); each family adds its sizes. Weight
+# decay is Keras' decoupled one (scaled by the learning rate, as in AdamW), so useful values are 1e-3..1e-1.
+TRAINING_SPACE: dict[str, Any] = {
+    "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+    "batch_size": [128, 256, 512],
+    "weight_decay": [0.0, 0.001, 0.01, 0.1],
+    "lr_schedule": list(LR_SCHEDULES),
+}
 
 
 def set_threads(intra_op: int, inter_op: int) -> bool:
@@ -242,8 +250,9 @@ class KerasTagger(Tagger):
         disco = self.config.disco_lambda > 0
         loss = DiscoLoss(self.config.disco_lambda) if disco else keras.losses.BinaryCrossentropy()
         steps = self.config.epochs * math.ceil(len(y) / self.config.batch_size)
-        train_model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate(self.config, steps)),
-                            loss=loss, jit_compile=self.jit_compile)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate(self.config, steps),
+                                          weight_decay=self.config.weight_decay or None)
+        train_model.compile(optimizer=optimizer, loss=loss, jit_compile=self.jit_compile)
         callbacks = [
             _ValidationAUC(xv, yv, wv, on_epoch_end),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience,
@@ -356,11 +365,12 @@ def _check_config(config: TrainConfig) -> None:
         ("learning_rate", config.learning_rate, config.learning_rate > 0),
         ("patience", config.patience, config.patience >= 0),
         ("disco_lambda", config.disco_lambda, config.disco_lambda >= 0),
+        ("weight_decay", config.weight_decay, config.weight_decay >= 0),
         ("lr_schedule", config.lr_schedule, config.lr_schedule in LR_SCHEDULES),
     ) if not ok]
     if problems:
         raise WtagError(f"training parameters out of range: {', '.join(problems)} (need epochs >= 1, "
-                        "batch_size >= 1, learning_rate > 0, patience >= 0, disco_lambda >= 0, "
+                        "batch_size >= 1, learning_rate > 0, patience >= 0, disco_lambda >= 0, weight_decay >= 0, "
                         f"lr_schedule one of {', '.join(LR_SCHEDULES)})")
 
 

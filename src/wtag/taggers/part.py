@@ -28,7 +28,8 @@ from typing import Any, ClassVar
 import keras
 
 from wtag import schema
-from wtag.taggers.keras_common import KerasTagger, broadcast_add, sigmoid_output, standardized_particles
+from wtag.taggers.keras_common import (TRAINING_SPACE, KerasTagger, broadcast_add, sigmoid_output,
+                                      standardized_particles)
 
 PT = schema.PARTICLE_PT
 DETA = schema.PARTICLE_FEATURES.index("deta")
@@ -125,6 +126,11 @@ class ParticleTransformerTagger(KerasTagger):
     class_blocks: ClassVar[int] = 1
     pair_units: ClassVar[tuple[int, ...]] = (32, 32)
     dropout: ClassVar[float] = 0.1
+    # Every embed_dim choice is divisible by every heads choice. Bigger blocks cost minutes per epoch on CPU.
+    search_space: ClassVar[dict[str, Any]] = {
+        **TRAINING_SPACE, "batch_size": [256, 512], "learning_rate": {"low": 2e-4, "high": 3e-3, "log": True},
+        "embed_dim": [32, 64, 128], "heads": [2, 4, 8], "ffn_dim": [64, 128, 256], "particle_blocks": [1, 2, 3],
+        "class_blocks": [1, 2], "dropout": {"low": 0.0, "high": 0.3}}
 
     def architecture(self) -> dict[str, Any]:
         return {"architecture": "part", "embed_dim": self.embed_dim, "heads": self.heads, "ffn_dim": self.ffn_dim,

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 import keras
 
 from wtag import schema
-from wtag.taggers.keras_common import KerasTagger, dense_stack, sigmoid_output, standardized_particles
+from wtag.taggers.keras_common import (TRAINING_SPACE, KerasTagger, dense_stack, sigmoid_output,
+                                      standardized_particles)
 
 
 class PFNTagger(KerasTagger):
@@ -18,9 +19,19 @@ class PFNTagger(KerasTagger):
     family: ClassVar[str] = "particle"
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
 
-    phi_units: ClassVar[tuple[int, ...]] = (64, 64, 64)
-    f_units: ClassVar[tuple[int, ...]] = (64, 64)
+    phi_width: ClassVar[int] = 64
+    f_width: ClassVar[int] = 64
     dropout: ClassVar[float] = 0.1
+    search_space: ClassVar[dict[str, Any]] = {**TRAINING_SPACE, "phi_width": [32, 64, 128], "f_width": [32, 64, 128],
+                                              "dropout": {"low": 0.0, "high": 0.3}}
+
+    @property
+    def phi_units(self) -> tuple[int, ...]:
+        return (int(self.phi_width),) * 3
+
+    @property
+    def f_units(self) -> tuple[int, ...]:
+        return (int(self.f_width),) * 2
 
     def architecture(self) -> dict[str, Any]:
         return {"architecture": "pfn", "phi_units": ",".join(map(str, self.phi_units)),

@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 import keras
 
 from wtag import schema
-from wtag.taggers.keras_common import KerasTagger, broadcast_add, sigmoid_output, standardized_particles
+from wtag.taggers.keras_common import (TRAINING_SPACE, KerasTagger, broadcast_add, sigmoid_output,
+                                      standardized_particles)
 
 # Added to the pairwise distance of a padded neighbour or of the particle itself; real squared distances
 # (in (deta, dphi) or in learned features) are many orders of magnitude smaller.
@@ -99,10 +100,17 @@ class ParticleNetTagger(KerasTagger):
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
 
     k: ClassVar[int] = 7
-    block_channels: ClassVar[tuple[tuple[int, ...], ...]] = ((32, 32, 32), (64, 64, 64))
+    channels: ClassVar[int] = 32  # of the first block; the second has twice as many
     fusion_units: ClassVar[int] = 128
     head_units: ClassVar[int] = 128
     dropout: ClassVar[float] = 0.1
+    search_space: ClassVar[dict[str, Any]] = {**TRAINING_SPACE, "k": [5, 7, 11, 16], "channels": [16, 32, 64],
+                                              "head_units": [64, 128, 256], "dropout": {"low": 0.0, "high": 0.3}}
+
+    @property
+    def block_channels(self) -> tuple[tuple[int, ...], ...]:
+        c = int(self.channels)
+        return ((c, c, c), (2 * c, 2 * c, 2 * c))
 
     def architecture(self) -> dict[str, Any]:
         return {"architecture": "particlenet", "k": self.k,

@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 import keras
 
 from wtag import schema
-from wtag.taggers.keras_common import KerasTagger, dense_stack, sigmoid_output, standardized_particles
+from wtag.taggers.keras_common import (TRAINING_SPACE, KerasTagger, dense_stack, sigmoid_output,
+                                      standardized_particles)
 
 
 class LSTMTagger(KerasTagger):
@@ -23,8 +24,14 @@ class LSTMTagger(KerasTagger):
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
 
     lstm_units: ClassVar[int] = 50
-    dense_units: ClassVar[tuple[int, ...]] = (64,)
+    dense_width: ClassVar[int] = 64
     dropout: ClassVar[float] = 0.1
+    search_space: ClassVar[dict[str, Any]] = {**TRAINING_SPACE, "lstm_units": {"low": 25, "high": 100, "step": 25},
+                                              "dense_width": [32, 64, 128], "dropout": {"low": 0.0, "high": 0.3}}
+
+    @property
+    def dense_units(self) -> tuple[int, ...]:
+        return (int(self.dense_width),)
     bidirectional: ClassVar[bool] = False
 
     def architecture(self) -> dict[str, Any]:
