@@ -38,10 +38,10 @@ tracking-stop: setup
 
 demo: tracking
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mlflow run . -e main --env-manager local --experiment-name $(MLFLOW_EXPERIMENT_NAME)
-	$(BIN)/python examples/score_demo.py --model models:/wtag@champion --port $(SERVE_PORT) --data ../shared/data
+	$(BIN)/python examples/score_demo.py --port $(SERVE_PORT) --data ../shared/data
 
 serve: setup
-	$(BIN)/wtag serve --model models:/wtag@champion --port $(SERVE_PORT)
+	$(BIN)/wtag serve --port $(SERVE_PORT)
 
 bench: setup
 	$(BIN)/python bench/generate.py speed

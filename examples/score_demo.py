@@ -1,6 +1,7 @@
-"""The end of ``make demo``: serve the champion, score real 2011A collision jets through the raw-jet route.
+"""The end of ``make demo``: serve the champion and the decorrelated alias from one process, score real 2011A
+collision jets with each through the raw-jet route.
 
-    python examples/score_demo.py --model models:/wtag@champion [--port 8080] [--data ../shared/data]
+    python examples/score_demo.py [--model models:/wtag@champion ...] [--port 8080] [--data ../shared/data]
     python examples/score_demo.py --stop
 
 The server is started in the background (pid and log in ``--state-dir``) and left running so the README's
@@ -21,13 +22,13 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import awkward as ak
 import numpy as np
 
-from serving.cli import DEFAULT_MODEL
 from serving.settings import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV
 from wtag import schema
 from wtag.errors import WtagError
@@ -77,12 +78,14 @@ def _request(url: str, body: bytes | None = None, timeout: float = 600.0) -> byt
         return resp.read()
 
 
-def start(model: str, host: str, port: int, state_dir: Path, timeout: float = 300.0) -> str:
-    """Start ``python -m serving`` detached; return its URL once it is ready."""
+def start(models: list[str], host: str, port: int, state_dir: Path, timeout: float = 300.0) -> str:
+    """Start ``python -m serving`` detached (no ``models``: the server's default, champion and decorrelated);
+    return its URL once it is ready."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "server.log"
     with open(log, "wb") as out:
-        command = [sys.executable, "-m", "serving", "--model", model, "--host", host, "--port", str(port)]
+        command = [sys.executable, "-m", "serving", *(f"--model={m}" for m in models), "--host", host,
+                   "--port", str(port)]
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     (state_dir / "server.pid").write_text(f"{proc.pid}\n")
@@ -145,10 +148,38 @@ def histogram(scores: np.ndarray, bins: int = 10, width: int = 40) -> list[str]:
             for lo, hi, n in zip(edges, edges[1:], counts)]
 
 
+def score_with(url: str, name: str, bodies: list[bytes], jets: ak.Array) -> None:
+    """Score every jet with the served model ``name`` through POST /v1/score-jets?model=NAME and summarize."""
+    query = urllib.parse.urlencode({"model": name})
+    meta = json.loads(_request(f"{url}/v1/metadata?{query}"))
+    print(f"\n[{name}] {meta['uri']} (registered model {meta['registered_model'] or '-'}, version "
+          f"{meta['version'] or '-'}), tagger {meta['tagger']}, sha256 {meta['sha256'][:16]}..., on {meta['provider']}")
+    scores = []
+    start_time = time.perf_counter()
+    for body in bodies:
+        scores += json.loads(_request(f"{url}/v1/score-jets?{query}", body))["scores"]
+    seconds = time.perf_counter() - start_time
+    scores_np = np.asarray(scores, dtype=np.float32)
+    print(f"scored {len(scores_np)} jets through POST /v1/score-jets?model={name} in {seconds:.2f} s "
+          f"({len(scores_np) / seconds:,.0f} jets/s end to end, features computed server-side, "
+          f"{CHUNK_JETS} jets per request)")
+    q = np.quantile(scores_np, [0.1, 0.5, 0.9])
+    print(f"W-tag score: mean {scores_np.mean():.3f}, 10% {q[0]:.3f}, median {q[1]:.3f}, 90% {q[2]:.3f}")
+    print("\n".join(histogram(scores_np)))
+    pt, eta = ak.to_numpy(jets["jet_pt_ak7"]), ak.to_numpy(jets["jet_eta_ak7"])
+    in_window = (pt > schema.JET_PT_MIN) & (pt < schema.JET_PT_MAX) & (np.abs(eta) < schema.JET_ETA_MAX)
+    if in_window.any():
+        chosen = scores_np[in_window]
+        print(f"{int(in_window.sum())} jets pass 200 < pT < 500 GeV, |eta| < 2 (the training selection): "
+              f"scores {', '.join(f'{s:.3f}' for s in chosen[:20])}{' ...' if len(chosen) > 20 else ''}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python examples/score_demo.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--model", action="append", default=[],
+                        help="a model to serve (repeatable; default: the server's own, the champion and the "
+                             "decorrelated alias when main has set it)")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -162,38 +193,21 @@ def main(argv: list[str] | None = None) -> int:
         if stop(args.state_dir):
             print("stopped the server an earlier demo left running")
         url = start(args.model, args.host, args.port, args.state_dir)
-        meta = json.loads(_request(f"{url}/v1/metadata"))
-        print(f"serving {meta['uri']} (registered model {meta['registered_model'] or '-'}, version "
-              f"{meta['version'] or '-'}), tagger {meta['tagger']}, sha256 {meta['sha256'][:16]}..., "
-              f"on {meta['provider']} at {url}")
+        names = [m["name"] for m in json.loads(_request(f"{url}/v2/models"))["models"]]
+        print(f"serving {len(names)} model(s) from one process at {url}: {', '.join(names)}")
         jets, origin = load_jets(args.data)
         print(f"jets: {origin}: {len(jets)} jets")
         requests = jet_requests(jets)
         bodies = [json.dumps({"jets": requests[i:i + CHUNK_JETS]}).encode()
                   for i in range(0, len(requests), CHUNK_JETS)]
-        scores = []
-        start_time = time.perf_counter()
-        for body in bodies:
-            scores += json.loads(_request(f"{url}/v1/score-jets", body))["scores"]
-        seconds = time.perf_counter() - start_time
+        for name in names:
+            score_with(url, name, bodies, jets)
     except (WtagError, urllib.error.HTTPError, urllib.error.URLError) as exc:
         detail = exc.read().decode(errors="replace") if isinstance(exc, urllib.error.HTTPError) else str(exc)
         print(f"error: {detail}", file=sys.stderr)
         return 2
-    scores_np = np.asarray(scores, dtype=np.float32)
-    print(f"scored {len(scores_np)} jets through POST /v1/score-jets in {seconds:.2f} s "
-          f"({len(scores_np) / seconds:,.0f} jets/s end to end, features computed server-side, "
-          f"{CHUNK_JETS} jets per request)")
-    q = np.quantile(scores_np, [0.1, 0.5, 0.9])
-    print(f"W-tag score: mean {scores_np.mean():.3f}, 10% {q[0]:.3f}, median {q[1]:.3f}, 90% {q[2]:.3f}")
-    print("\n".join(histogram(scores_np)))
-    pt, eta = ak.to_numpy(jets["jet_pt_ak7"]), ak.to_numpy(jets["jet_eta_ak7"])
-    in_window = (pt > schema.JET_PT_MIN) & (pt < schema.JET_PT_MAX) & (np.abs(eta) < schema.JET_ETA_MAX)
-    if in_window.any():
-        chosen = scores_np[in_window]
-        print(f"{int(in_window.sum())} jets pass 200 < pT < 500 GeV, |eta| < 2 (the training selection): "
-              f"scores {', '.join(f'{s:.3f}' for s in chosen[:20])}{' ...' if len(chosen) > 20 else ''}")
     print(f"\nthe server keeps running at {url} (log {args.state_dir / 'server.log'}); try\n"
+          f"  curl -s {url}/v2/models\n"
           f"  curl -s {url}/v1/metadata\n"
           f"  curl -s -X POST {url}/v1/score-jets -H 'Content-Type: application/json' \\\n"
           "       -d '{\"jets\": [{\"pt\": [120.0, 80.0, 15.0], \"eta\": [0.10, 0.35, 0.2], "

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from onnx_models import (REPO, TOKEN, Server, assert_scores, canonical, check_bad_requests, metric,
-                         npy_bytes as _npy, offline_scores, physical_hl_model, random_jet_dicts,
+                         hl_model, npy_bytes as _npy, offline_scores, physical_hl_model, random_jet_dicts,
                          server_env)
 from serving.settings import TOKEN_ENV
 from wtag import schema
@@ -140,18 +140,24 @@ def test_score_file_real_2011a_collisions(hl_server: Server, shared_data: Path) 
 @pytest.mark.slow
 def test_demo_scores_real_jets_and_leaves_the_server_up(tmp_path: Path, shared_data: Path) -> None:
     onnx.save(physical_hl_model(), str(tmp_path / "hl.onnx"))
+    onnx.save(hl_model(seed=3), str(tmp_path / "other.onnx"))
     port = free_port()
     env = server_env({TOKEN_ENV: None})
     state = tmp_path / "state"
     demo = [sys.executable, str(REPO / "examples" / "score_demo.py"), "--state-dir", str(state)]
     try:
-        done = subprocess.run([*demo, "--model", str(tmp_path / "hl.onnx"), "--port", str(port),
-                               "--data", str(shared_data)], env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run([*demo, "--model", f"champion={tmp_path / 'hl.onnx'}", "--model",
+                               f"other={tmp_path / 'other.onnx'}", "--port", str(port), "--data", str(shared_data)],
+                              env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
-        assert re.search(r"scored 773 jets through POST /v1/score-jets in .* jets/s", done.stdout), done.stdout
-        assert "W-tag score: mean" in done.stdout and "[0.9, 1.0)" in done.stdout
-        meta = httpx.get(f"http://127.0.0.1:{port}/v1/metadata", timeout=10).json()
-        assert meta["sha256"] == hashlib.sha256((tmp_path / "hl.onnx").read_bytes()).hexdigest()
+        assert "serving 2 model(s) from one process" in done.stdout and "champion, other" in done.stdout
+        for name in ("champion", "other"):
+            assert re.search(rf"scored 773 jets through POST /v1/score-jets\?model={name} in .* jets/s",
+                             done.stdout), done.stdout
+        assert done.stdout.count("W-tag score: mean") == 2 and "[0.9, 1.0)" in done.stdout
+        for name, file in (("champion", "hl.onnx"), ("other", "other.onnx")):
+            meta = httpx.get(f"http://127.0.0.1:{port}/v1/metadata", params={"model": name}, timeout=10).json()
+            assert meta["sha256"] == hashlib.sha256((tmp_path / file).read_bytes()).hexdigest()
     finally:
         stopped = subprocess.run([*demo, "--stop"], env=env, capture_output=True, text=True, timeout=60)
     assert "stopped the demo server" in stopped.stdout
