@@ -206,7 +206,8 @@ def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     logs = tmp_path_factory.mktemp("dask-logs")
     scheduler_file = logs / "scheduler.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     def start(name: str, args: list[str]) -> subprocess.Popen:
         with open(logs / f"{name}.log", "w") as log:
@@ -279,6 +280,7 @@ def run_killing_a_worker(dask_scheduler: str):
 
 
 # ------------------------------------------------------------------------------------------------ pytest-xdist
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the markers into the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under ``--dist loadgroup`` (``make test``), the tests sharing one expensive session fixture run on one
     worker, so it is built once: the `mlflow run . -e train` + `main` chain, and each Keras tagger's fit."""
@@ -295,3 +297,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly if pytest-xdist did not turn the groups into node ids (pytest 9.2 made ``nodeid`` ignore the
+    ``_nodeid`` that xdist 3.8 sets): every grouped fixture would then be built on both workers."""
+    if not session.config.getoption("loadgroup", default=False):
+        return
+    lost = [item.nodeid for item in session.items
+            if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup: pytest-xdist did not group {len(lost)} tests (e.g. {lost[0]}); "
+                                "is the installed pytest one that pytest-xdist supports?")

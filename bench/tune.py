@@ -1,0 +1,150 @@
+"""Tuning benchmark: does a study move the test rejection by more than the seed spread, and how well do trials
+spread over Dask workers? Markdown tables on stdout.
+
+    python bench/tune.py compare --model dnn --n-trials 20 [--sample benchmark] [--seeds 3]
+    python bench/tune.py efficiency --model dnn --n-trials 6 [--sample default]
+
+Both run the real commands (``wtag tune``, ``wtag train``) against ``MLFLOW_TRACKING_URI`` (start one with
+``make tracking``) and read the runs back. ``compare`` tunes (or resumes the study), then trains the tagger with
+and without the best parameters for each seed; training reuse makes a rerun cheap. ``efficiency`` runs the same
+random-sampled trials (same sampler seed, no pruning, each study in its own journal) on one and on two
+single-threaded local Dask workers and compares the trials per hour the ``tune`` runs log.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from wtag.errors import WtagError, exit_status
+from wtag.schema import Tag
+
+EXPERIMENT = "wtag-bench-tune"
+
+
+def wtag(*args: str) -> None:
+    """Run one ``wtag`` command; its progress goes to this terminal, a failure stops the benchmark."""
+    command = [str(Path(sys.executable).with_name("wtag")), *args, "--experiment", EXPERIMENT]
+    print("$ " + " ".join(command), file=sys.stderr, flush=True)
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise WtagError(f"{' '.join(command[1:3])} failed with exit status {done.returncode}")
+
+
+def newest_run(client, entry_point: str, tagger: str):
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], f"tags.`{Tag.ENTRY_POINT}` = '{entry_point}' and "
+                                                   f"tags.`{Tag.TAGGER}` = '{tagger}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise WtagError(f"no {entry_point} run of {tagger} in experiment {EXPERIMENT}")
+    return runs[0]
+
+
+def _pm(values: list[float]) -> str:
+    return f"{np.mean(values):.1f} +- {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
+
+
+def compare(args: argparse.Namespace, client) -> None:
+    data = ["--sample", args.sample, "--data-dir", str(args.data_dir)]
+    start = time.monotonic()
+    wtag("tune", "--model", args.model, "--n-trials", str(args.n_trials), *data, *args.tune_args)
+    tune_seconds = time.monotonic() - start
+    tune_run = newest_run(client, "tune", args.model)
+    rows: dict[str, list] = {"untuned": [], "tuned": []}
+    for seed in args.seeds:
+        for label, extra in (("untuned", []), ("tuned", ["--params-from", tune_run.info.run_id])):
+            wtag("train", "--model", args.model, "--train-seed", str(seed), *data, *extra, *args.train_args)
+            rows[label].append(newest_run(client, "train_tagger", args.model))
+    best = {k[len("best_"):]: v for k, v in tune_run.data.params.items() if k.startswith("best_")}
+    m = tune_run.data.metrics
+    print(f"\n{args.model} on the {args.sample} sample: study {tune_run.data.params.get('study')} (run "
+          f"{tune_run.info.run_id[:8]}), {int(m.get('n_complete', 0))} complete, {int(m.get('n_pruned', 0))} "
+          f"pruned, {int(m.get('n_failed', 0))} failed trials in {tune_seconds / 60:.1f} min (this command); "
+          f"best val objective {m.get('best_objective', float('nan')):.4f} +- "
+          f"{m.get('best_objective_err', float('nan')):.4f}; load average {os.getloadavg()[0]:.1f}")
+    print("best parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(best.items())) + "\n")
+    print("| training | seeds | test_r50 per seed (+- bootstrap) | test_r50 mean +- seed std | "
+          "test_auc mean +- seed std | train time [s] |")
+    print("|---|---|---|---:|---:|---:|")
+    means = {}
+    for label, runs in rows.items():
+        r50 = [r.data.metrics["test_r50"] for r in runs]
+        auc = [r.data.metrics["test_auc"] for r in runs]
+        per = ", ".join(f"{r.data.metrics['test_r50']:.1f} +- {r.data.metrics.get('test_r50_err', 0):.1f}"
+                        for r in runs)
+        seconds = np.mean([r.data.metrics.get("train_time_s", np.nan) for r in runs])
+        means[label] = (np.mean(r50), np.std(r50, ddof=1) if len(r50) > 1 else 0.0, len(r50))
+        print(f"| {label} | {', '.join(map(str, args.seeds))} | {per} | {_pm(r50)} | "
+              f"{np.mean(auc):.4f} +- {np.std(auc, ddof=1) if len(auc) > 1 else 0.0:.4f} | {seconds:.0f} |")
+    (mt, st, n), (mu, su, _) = means["tuned"], means["untuned"]
+    spread = np.hypot(st, su) / np.sqrt(n) if n > 1 else float("nan")
+    print(f"\ntuned - untuned: {mt - mu:+.1f} in test_r50 = {(mt - mu) / spread:+.1f} sigma of the seed spread "
+          f"(sqrt(s_t^2 + s_u^2) / sqrt({n}) = {spread:.1f}); the seed std itself is {st:.1f} tuned, {su:.1f} untuned")
+
+
+def efficiency(args: argparse.Namespace, client) -> None:
+    data = ["--sample", args.sample, "--data-dir", str(args.data_dir)]
+    wtag("prepare", *data)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="wtag-bench-tune-") as tmp:
+        for workers in (1, 2):
+            load_before = os.getloadavg()[0]
+            start = time.monotonic()
+            wtag("tune", "--model", args.model, "--n-trials", str(args.n_trials), *data, "--workers", str(workers),
+                 "--parallel", str(workers), "--sampler", "random", "--sampler-seed", "7", "--pruner", "none",
+                 "--storage", str(Path(tmp) / f"workers{workers}.journal"), *args.tune_args)
+            wall = time.monotonic() - start
+            run = newest_run(client, "tune", args.model)
+            trials = client.search_runs([run.info.experiment_id],
+                                        f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+            busy = sum(t.data.metrics.get("train_time_s", 0.0) for t in trials)
+            rows.append((workers, run.data.metrics["trials_per_hour"], wall, busy, len(trials), load_before,
+                         os.getloadavg()[0]))
+    base = rows[0][1]
+    print(f"\n{args.model} on the {args.sample} sample, {args.n_trials} trials (random sampler, seed 7, no pruning), "
+          f"single-threaded local Dask workers on {os.cpu_count()} cores\n")
+    print("| workers | trials/hour | parallel efficiency | command wall [s] | trial training [s] | "
+          "training share of workers' time | load avg before, after |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
+    for workers, tph, wall, busy, n, before, after in rows:
+        share = busy / (workers * wall)
+        print(f"| {workers} | {tph:.1f} | {tph / (workers * base):.0%} | {wall:.0f} | {busy:.0f} ({n} runs) | "
+              f"{share:.0%} | {before:.1f}, {after:.1f} |")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/tune.py", description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("compare", "efficiency"))
+    parser.add_argument("--model", default="dnn")
+    parser.add_argument("--n-trials", type=int, default=20)
+    parser.add_argument("--sample", default="benchmark", choices=("default", "benchmark"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="train seeds (compare)")
+    parser.add_argument("--tune-args", type=shlex.split, default=[],
+                        help="further wtag tune options in one string, e.g. --tune-args='--epochs 20'")
+    parser.add_argument("--train-args", type=shlex.split, default=[], help="further wtag train options, likewise")
+    args = parser.parse_args(argv)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        parser.error("set MLFLOW_TRACKING_URI (make tracking starts a server on http://127.0.0.1:5000)")
+
+    def run() -> int:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        (compare if args.mode == "compare" else efficiency)(args, client)
+        return 0
+
+    return exit_status(run, parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
