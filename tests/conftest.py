@@ -282,20 +282,23 @@ def run_killing_a_worker(dask_scheduler: str):
 # ------------------------------------------------------------------------------------------------ pytest-xdist
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the markers into the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (``make test``), the tests sharing one expensive session fixture run on one
-    worker, so it is built once: the `mlflow run . -e train` + `main` chain, and each Keras tagger's fit."""
+    """Under ``--dist loadgroup`` (``make test``), the tests sharing one expensive fixture run on one worker, so
+    it is built once: the `mlflow run . -e train` + `main` chain, each Keras tagger's fit (by the tagger a test
+    is parametrized with, or the group its module names), and otherwise each module (its module-scoped servers,
+    studies and datasets). Session fixtures that only start a server (tracking, Dask) are started per worker."""
     from wtag.taggers import TAGGER_NAMES
 
     for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
         names = item.fixturenames
+        group = item.module.__name__
         if "trained_all" in names:
             group = "mlflow-train"
         elif "keras_trained" in names:
             params = item.callspec.params.values() if hasattr(item, "callspec") else ()
             tagger = next((v for v in params if isinstance(v, str) and v in TAGGER_NAMES), None)
-            group = f"keras-{tagger or item.module.__name__}"
-        else:
-            continue
+            group = f"keras-{tagger}" if tagger else group
         item.add_marker(pytest.mark.xdist_group(group))
 
 

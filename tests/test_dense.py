@@ -10,6 +10,9 @@ from wtag import schema
 from wtag.dataset import Standardization
 from wtag.taggers import build_tagger
 from wtag.taggers.dense import DenseTagger
+# on the pytest-xdist worker that fits the dnn for test_keras_common too (conftest groups by tagger)
+pytestmark = pytest.mark.xdist_group("keras-dnn")
+
 
 @pytest.fixture
 def trained(keras_trained) -> tuple:

@@ -10,6 +10,9 @@ from wtag.dataset import Standardization
 from wtag.taggers import build_tagger
 from wtag.taggers.particle import PFNTagger
 
+# on the pytest-xdist worker that fits the pfn for test_keras_common too (conftest groups by tagger)
+pytestmark = pytest.mark.xdist_group("keras-pfn")
+
 
 @pytest.fixture
 def trained(keras_trained) -> tuple:
