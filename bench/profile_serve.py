@@ -6,8 +6,9 @@ request, and print the server's CPU samples by stage as a Markdown table.
 
 The model is bench/serve.py's tutorial-shaped DNN unless ``--model`` names another. Every process of the server
 (its worker and decode processes) is sampled (``py-spy record --subprocesses --format raw``); a sample is charged
-to the innermost stage its stack passes through, so the shares add up to the server's busy CPU. Idle samples
-(waiting in the event loop's ``select``) are not recorded.
+to the innermost stage its stack passes through. py-spy leaves out samples it sees as idle, but a thread
+blocked in a pipe read or a ``select`` of the process pool's helper threads still shows; those are their own
+stage, so the other shares are the server's busy CPU.
 """
 from __future__ import annotations
 
@@ -33,16 +34,18 @@ from wtag.errors import WtagError, exit_status  # noqa: E402
 
 # (stage, pattern on one frame "function (file:line)"), innermost match wins; order breaks ties in one frame.
 STAGES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(pattern)) for name, pattern in (
+    ("blocked waiting (select, pipe reads, conditions) in helper threads and processes",
+     r"^(_PollLikeSelector\.select|Connection\._recv|Condition\.wait|Queue\.get|_worker \(concurrent/futures/thread)"),
     ("ONNX Runtime run", r"onnxruntime"),
     ("JSON decode", r"^loads \(.*serving/wire\.py|orjson|json/decoder\.py"),
     ("JSON lists to numpy", r"^numbers \(.*serving/wire\.py"),
     ("answer encode", r"^dumps \(.*serving/wire\.py|json/encoder\.py|encode_scores|tobytes|tolist"),
     ("request checks (v2 decode)", r"serving/protocols/kserve_v2\.py"),
     ("batching (queue, concatenate, split)", r"serving/batcher\.py"),
-    ("hand-off to decode processes", r"concurrent/futures|multiprocessing/|pickle"),
+    ("hand-off to decode processes (pickle, pipe writes)", r"concurrent/futures|multiprocessing/|pickle"),
     ("service (admission, metrics, errors)", r"serving/(service|telemetry|errors|auth|models)\.py"),
     ("HTTP and ASGI (uvicorn, starlette, fastapi)", r"uvicorn|starlette|fastapi|h11|httptools"),
-    ("event loop", r"asyncio/"),
+    ("event loop (uvloop socket I/O in native code)", r"asyncio/"),
 ))
 
 
@@ -76,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="client processes")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load (and of sampling)")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's raw (collapsed) stacks here")
     args = parser.parse_args(argv)
     return exit_status(lambda: profile(args), parser.prog)
 
@@ -107,6 +111,8 @@ def profile(args: argparse.Namespace) -> int:
             if spy_proc.returncode != 0 or not raw.is_file():
                 raise WtagError(f"py-spy failed (exit {spy_proc.returncode}): {err.strip()[-500:]}")
             counts = parse_raw(raw.read_text())
+            if args.raw:
+                shutil.copyfile(raw, args.raw)
     total = sum(counts.values())
     if not total:
         raise WtagError("py-spy recorded no busy samples")

@@ -67,3 +67,29 @@ def test_load_bench_runs_both_scenarios(tmp_path: Path) -> None:
     assert set(rows) == {"npy", "grpc", "jets", "all"}
     assert rows["all"][-1].rstrip(" |") == "0"  # no errors
     assert "Server resident memory (all processes): start" in text
+
+
+def test_profile_bench_charges_each_stack_to_its_innermost_stage() -> None:
+    """bench/profile_serve.py's reading of py-spy's collapsed stacks (py-spy itself is not a dependency)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import profile_serve
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    raw = "\n".join([
+        "process 1:\"python -m serving\";Runner.run (asyncio/runners.py:118);answer (serving/service.py:170);"
+        "loads (/r/serving/wire.py:33) 7",
+        "process 1;thread 2;_worker (concurrent/futures/thread.py:81);_PollLikeSelector.select (selectors.py:415) 5",
+        "process 1;_worker (concurrent/futures/thread.py:81);Connection._send (multiprocessing/connection.py:384) 3",
+        "process 1;run (onnxruntime/capi/onnxruntime_inference_collection.py:220);_timed_run "
+        "(serving/batcher.py:227) 2",
+        "process 1;Runner.run (asyncio/runners.py:118) 4",
+        "garbage line",
+    ])
+    counts = profile_serve.parse_raw(raw)
+    assert counts["JSON decode"] == 7
+    assert counts["blocked waiting (select, pipe reads, conditions) in helper threads and processes"] == 5
+    assert counts["hand-off to decode processes (pickle, pipe writes)"] == 3
+    assert counts["batching (queue, concatenate, split)"] == 2  # the innermost matching frame wins
+    assert counts["event loop (uvloop socket I/O in native code)"] == 4
+    assert sum(counts.values()) == 21
