@@ -34,7 +34,7 @@ def wtag(*args: str) -> None:
     """Run one ``wtag`` command; its progress goes to this terminal, a failure stops the benchmark."""
     command = [str(Path(sys.executable).with_name("wtag")), *args, "--experiment", EXPERIMENT]
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
-    done = subprocess.run(command)
+    done = subprocess.run(command, stdout=sys.stderr)  # stdout carries only the tables
     if done.returncode != 0:
         raise WtagError(f"{' '.join(command[1:3])} failed with exit status {done.returncode}")
 
