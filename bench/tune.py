@@ -39,14 +39,17 @@ def wtag(*args: str) -> None:
         raise WtagError(f"{' '.join(command[1:3])} failed with exit status {done.returncode}")
 
 
-def newest_run(client, entry_point: str, tagger: str):
+def newest_run(client, entry_point: str, tagger: str, **params: str):
+    """The newest run of ``entry_point`` for ``tagger`` whose logged params equal ``params`` (an absent param
+    counts as ""): a reused training makes no new run, so "newest" alone could name another seed's run."""
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id], f"tags.`{Tag.ENTRY_POINT}` = '{entry_point}' and "
                                                    f"tags.`{Tag.TAGGER}` = '{tagger}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise WtagError(f"no {entry_point} run of {tagger} in experiment {EXPERIMENT}")
-    return runs[0]
+                              order_by=["attributes.start_time DESC"])
+    for run in runs:
+        if all(run.data.params.get(k, "") == v for k, v in params.items()):
+            return run
+    raise WtagError(f"no {entry_point} run of {tagger} with {params} in experiment {EXPERIMENT}")
 
 
 def _pm(values: list[float]) -> str:
@@ -61,9 +64,11 @@ def compare(args: argparse.Namespace, client) -> None:
     tune_run = newest_run(client, "tune", args.model)
     rows: dict[str, list] = {"untuned": [], "tuned": []}
     for seed in args.seeds:
-        for label, extra in (("untuned", []), ("tuned", ["--params-from", tune_run.info.run_id])):
+        for label, source in (("untuned", ""), ("tuned", tune_run.info.run_id)):
+            extra = ["--params-from", source] if source else []
             wtag("train", "--model", args.model, "--train-seed", str(seed), *data, *extra, *args.train_args)
-            rows[label].append(newest_run(client, "train_tagger", args.model))
+            rows[label].append(newest_run(client, "train_tagger", args.model, train_seed=str(seed),
+                                          params_from=source))
     best = {k[len("best_"):]: v for k, v in tune_run.data.params.items() if k.startswith("best_")}
     m = tune_run.data.metrics
     print(f"\n{args.model} on the {args.sample} sample: study {tune_run.data.params.get('study')} (run "
