@@ -95,16 +95,18 @@ def check_history(history: dict[str, list[float]], epochs: int) -> None:
     assert all(0.0 <= v <= 1.0 for v in history["val_auc"])
 
 
-def check_weights_change_loss(name: str) -> None:
-    """Two one-epoch fits from the same seed that differ only in the sample weights differ in loss."""
+def check_weights_change_loss(name: str) -> list[KerasTagger]:
+    """Two one-epoch fits from the same seed that differ only in the sample weights differ in loss; returns the
+    two fitted taggers."""
     train, val = synthetic_split(96, seed=3), synthetic_split(48, seed=4)
     standardization = Standardization.fit(train)
-    losses = []
+    losses, taggers = [], []
     for weight in (np.ones(len(train), np.float32), np.where(train.label == 1, 3.0, 0.2).astype(np.float32)):
         train.weight = weight
-        tagger = build_tagger(name, tiny_config(epochs=1), standardization)
-        losses.append(tagger.fit(train, val)["loss"][0])
+        taggers.append(build_tagger(name, tiny_config(epochs=1), standardization))
+        losses.append(taggers[-1].fit(train, val)["loss"][0])
     assert abs(losses[0] - losses[1]) > 1e-3, losses
+    return taggers
 
 
 def check_rejects_misshaped(tagger: KerasTagger) -> None:

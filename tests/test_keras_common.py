@@ -254,17 +254,38 @@ def test_trains_and_scores(trained: tuple) -> None:
 # KerasTagger.fit is one method for every Keras tagger: the weights reach the loss the same way whatever the graph
 # (always an (N, 1) output), and the one fork is whether training runs through XLA. One tagger per path proves it
 # for all of them; two fits of ParT alone took 106 s of XLA compilation.
-TRAINING_PATHS = tuple({tagger_class(n).jit_compile: n for n in reversed(KERAS_TAGGERS)}.values())
+TRAINING_PATHS = tuple({tagger_class(n).xla_from_jet_epochs is not None: n
+                        for n in reversed(KERAS_TAGGERS)}.values())
 
 
 def test_the_training_paths_are_plain_and_xla() -> None:
-    assert sorted(tagger_class(n).jit_compile for n in TRAINING_PATHS) == [False, True]
+    assert sorted(tagger_class(n).xla_from_jet_epochs is not None for n in TRAINING_PATHS) == [False, True]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TRAINING_PATHS)
-def test_weights_change_the_loss(name: str) -> None:
-    check_weights_change_loss(name)
+def test_weights_change_the_loss(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    xla = tagger_class(name).xla_from_jet_epochs is not None
+    if xla:  # these few jets are below the break-even: take the XLA path anyway
+        monkeypatch.setattr(tagger_class(name), "xla_from_jet_epochs", 1)
+    for tagger in check_weights_change_loss(name):
+        assert tagger.trained_with_xla is xla
+        assert tagger.fit_metrics() == {"trained_with_xla": float(xla)}
+
+
+@pytest.mark.parametrize("name", [n for n in KERAS_TAGGERS if tagger_class(n).xla_from_jet_epochs is not None])
+def test_xla_only_from_the_work_that_repays_its_compilation(name: str) -> None:
+    threshold = tagger_class(name).xla_from_jet_epochs
+    tagger = build_tagger(name, tiny_config(epochs=10), Standardization())
+    assert not tagger.uses_xla(threshold // 10 - 1)
+    assert tagger.uses_xla(threshold // 10 + 1)
+    assert tagger.hyperparameters()["xla"] == f"from {threshold} jet-epochs"
+
+
+def test_convolutional_taggers_never_use_xla() -> None:
+    for name in ("cnn", "cnn_tutorial"):
+        tagger = build_tagger(name, tiny_config(epochs=1000), Standardization())
+        assert not tagger.uses_xla(10**9) and tagger.hyperparameters()["xla"] == "off"
 
 
 @pytest.mark.slow

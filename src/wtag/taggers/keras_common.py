@@ -175,14 +175,17 @@ class KerasTagger(Tagger):
 
     flavor: ClassVar[str] = "keras"
     supports_disco: ClassVar[bool] = True
-    # Train through XLA (TensorFlow's compiler): set where it measured faster on CPU (bench/train_speed.py);
-    # it slows the convolutional taggers down. Only training is compiled; scoring and export are unchanged.
-    jit_compile: ClassVar[bool] = False
+    # Train through XLA (TensorFlow's compiler) from this many jet-epochs (training jets x epochs) on; None:
+    # never. Set where XLA measured faster per jet on CPU (bench/train_speed.py; it slows the convolutional
+    # taggers down), at the work that repays its compile time (docs/particle-cloud.md): below it, e.g. a
+    # one-epoch fit of a few hundred jets, compiling costs more than it saves. Only training is compiled.
+    xla_from_jet_epochs: ClassVar[int | None] = None
 
     def __init__(self, config: TrainConfig, standardization: Standardization) -> None:
         super().__init__(config, standardization)
         self._model: keras.Model | None = None
         self._initial_weights_uri: str | None = None
+        self.trained_with_xla: bool | None = None
 
     @abc.abstractmethod
     def build_network(self, raw: keras.KerasTensor) -> keras.KerasTensor:
@@ -207,8 +210,16 @@ class KerasTagger(Tagger):
         """The architecture and the optimisation choices; the TrainConfig numbers are logged by the caller
         (``TrainConfig.params``)."""
         loss = "binary_crossentropy+disco" if self.config.disco_lambda > 0 else "binary_crossentropy"
-        return {**self.architecture(), "optimizer": "adam", "loss": loss, "early_stopping": "val_loss",
-                "xla": self.jit_compile}
+        xla = "off" if self.xla_from_jet_epochs is None else f"from {self.xla_from_jet_epochs} jet-epochs"
+        return {**self.architecture(), "optimizer": "adam", "loss": loss, "early_stopping": "val_loss", "xla": xla}
+
+    def uses_xla(self, n_train: int) -> bool:
+        """Whether a fit on ``n_train`` jets for the configured epochs compiles through XLA."""
+        threshold = self.xla_from_jet_epochs
+        return threshold is not None and n_train * self.config.epochs >= threshold
+
+    def fit_metrics(self) -> dict[str, float]:
+        return {} if self.trained_with_xla is None else {"trained_with_xla": float(self.trained_with_xla)}
 
     def _build(self) -> tuple[keras.Model, keras.Model]:
         """The training model ((N, 1) output) and the scoring model ((N,) output) sharing its layers.
@@ -252,7 +263,8 @@ class KerasTagger(Tagger):
         steps = self.config.epochs * math.ceil(len(y) / self.config.batch_size)
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate(self.config, steps),
                                           weight_decay=self.config.weight_decay or None)
-        train_model.compile(optimizer=optimizer, loss=loss, jit_compile=self.jit_compile)
+        self.trained_with_xla = self.uses_xla(len(y))
+        train_model.compile(optimizer=optimizer, loss=loss, jit_compile=self.trained_with_xla)
         callbacks = [
             _ValidationAUC(xv, yv, wv, on_epoch_end),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience,

@@ -116,7 +116,7 @@ class ParticleTransformerTagger(KerasTagger):
 
     name: ClassVar[str] = "part"
     family: ClassVar[str] = "particle"
-    jit_compile: ClassVar[bool] = True
+    xla_from_jet_epochs: ClassVar[int | None] = 20_000
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
 
     embed_dim: ClassVar[int] = 64

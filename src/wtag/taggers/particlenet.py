@@ -96,7 +96,7 @@ class ParticleNetTagger(KerasTagger):
 
     name: ClassVar[str] = "particlenet"
     family: ClassVar[str] = "particle"
-    jit_compile: ClassVar[bool] = True
+    xla_from_jet_epochs: ClassVar[int | None] = 25_000
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
 
     k: ClassVar[int] = 7

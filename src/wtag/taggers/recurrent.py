@@ -20,7 +20,7 @@ class LSTMTagger(KerasTagger):
 
     name: ClassVar[str] = "lstm"
     family: ClassVar[str] = "recurrent"
-    jit_compile: ClassVar[bool] = True
+    xla_from_jet_epochs: ClassVar[int | None] = 150_000
     inputs: ClassVar[tuple[str, ...]] = (schema.INPUT_PARTICLES,)
 
     lstm_units: ClassVar[int] = 50
@@ -56,4 +56,5 @@ class BiLSTMTagger(LSTMTagger):
     """The same with a bidirectional LSTM (forward and backward states concatenated)."""
 
     name: ClassVar[str] = "bilstm"
+    xla_from_jet_epochs: ClassVar[int | None] = 60_000
     bidirectional: ClassVar[bool] = True
