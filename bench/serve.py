@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -478,6 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="execution provider for the server and the bare runs (default cpu)")
     parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads for the server and bare runs")
     parser.add_argument("--workers", type=int, default=1, help="wtag server worker processes (default 1)")
+    parser.add_argument("--serve-args", default="",
+                        help="more `wtag serve` flags for the wtag server, one string (e.g. '--offload-bytes 1000000')")
     parser.add_argument("--sizes", type=int, nargs="+", help="jets per request (overrides the defaults)")
     parser.add_argument("--concurrency", type=int, nargs="+", help="client processes (overrides the defaults)")
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
@@ -514,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "--grpc-port", str(grpc_port), "--device", args.device, "--workers", str(args.workers)]
         if args.intra_op_threads:
             cmd += ["--intra-op-threads", str(args.intra_op_threads)]
+        cmd += shlex.split(args.serve_args)
         with process(cmd, f"http://127.0.0.1:{port}/v2/health/ready", root / "wtag-serve.log"):
             for protocol in args.protocols:
                 for n in sizes:
@@ -549,7 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_end = os.getloadavg()[0]
     lines = [f"Model: {args.model or 'tutorial-shaped DNN (hl, 3 x 64 ReLU, random weights)'}; "
              f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); ONNX Runtime {ort.__version__}, "
-             f"{provider}; wtag with {args.workers} worker process{'es' if args.workers > 1 else ''}; clients are "
+             f"{provider}; wtag with {args.workers} worker process{'es' if args.workers > 1 else ''}"
+             f"{' ' + args.serve_args if args.serve_args else ''}; clients are "
              "separate processes on the same machine (their CPU use, in cores, is the last column); 1-minute load "
              f"average {load_start:.1f} at the start, {load_end:.1f} at the end; {duration:g} s per cell.",
              *[f"{note}." for note in notes], "",

@@ -27,6 +27,7 @@ _SETTING_FLAGS = (("--max-batch-size", "max_batch_size", int), ("--max-queue-del
                   ("--max-candidates-per-jet", "max_candidates_per_jet", int),
                   ("--max-root-bytes", "max_root_bytes", int),
                   ("--decode-processes", "decode_processes", int),
+                  ("--offload-bytes", "offload_bytes", int),
                   ("--max-run-bytes", "max_run_bytes", int),
                   ("--follow-interval-s", "follow_interval_s", float))
 

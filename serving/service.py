@@ -32,8 +32,6 @@ from wtag.inference import OnnxTagger
 MODEL_HEADER = "wtag-model"
 VERSION_HEADER = "wtag-model-version"
 
-# Bodies at least this large are decoded in a decode process; smaller ones cost less than the hand-off.
-OFFLOAD_BYTES = 64 * 1024
 RETRY_AFTER_S = 1
 # How often an idle server checks whether to give freed memory back to the system.
 TRIM_INTERVAL_S = 2.0
@@ -197,16 +195,18 @@ class Service:
             raise RequestError(408, f"request body not received within {self.settings.request_timeout_s} s") \
                 from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self.large_since_trim |= size >= OFFLOAD_BYTES
+        self.large_since_trim |= size >= self.settings.offload_bytes
         encoding = request.headers.get("content-encoding", "identity")
-        if encoding.strip().lower() in ("identity", "") or len(body) < OFFLOAD_BYTES:
+        if encoding.strip().lower() in ("identity", "") or len(body) < self.settings.offload_bytes:
             return inflate(body, encoding, limit)
         return await self.offload(inflate, body, encoding, limit)
 
     async def decode(self, fn: Callable[..., Any], body: bytes, *args: Any) -> Any:
         """``fn(body, *args)``: in this thread for small bodies, in a decode process for large ones."""
-        if len(body) < OFFLOAD_BYTES:
+        if len(body) < self.settings.offload_bytes:
+            self.metrics.decoded["loop"].inc()
             return fn(body, *args)
+        self.metrics.decoded["process"].inc()
         return await self.offload(fn, body, *args)
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:

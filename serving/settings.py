@@ -15,6 +15,8 @@ DEFAULT_PORT = 8080
 DEFAULT_GRPC_PORT = DEFAULT_PORT + 1  # 0: no gRPC endpoint; the CLI's default is --port + 1
 # Worker processes by default: one per usable core, at most this many (each holds its own model session).
 MAX_DEFAULT_WORKERS = 8
+# Bodies at least this large are decoded in a decode process (ServerSettings.offload_bytes).
+DEFAULT_OFFLOAD_BYTES = 64 * 1024
 # Optional overrides from the environment, so ``make serve`` can be tuned without code changes.
 ENV_FIELDS = {
     "max_batch_size": "WTAG_SERVE_MAX_BATCH_SIZE",
@@ -29,6 +31,7 @@ ENV_FIELDS = {
     "max_candidates_per_jet": "WTAG_SERVE_MAX_CANDIDATES_PER_JET",
     "max_root_bytes": "WTAG_SERVE_MAX_ROOT_BYTES",
     "decode_processes": "WTAG_SERVE_DECODE_PROCESSES",
+    "offload_bytes": "WTAG_SERVE_OFFLOAD_BYTES",
     "max_run_bytes": "WTAG_SERVE_MAX_RUN_BYTES",
     "follow_interval_s": "WTAG_SERVE_FOLLOW_INTERVAL_S",
 }
@@ -51,7 +54,9 @@ class ServerSettings:
     scored. Caps per request (413 or 422 naming the cap): ``max_jets_per_request``,
     ``max_candidates_per_jet`` (raw jets and files), ``max_root_bytes`` (a ROOT upload's decompressed size).
     ``decode_processes``: processes that decode large bodies and compute raw-jet features off the event loop
-    (None: one per usable core; 0: in a thread of the server process instead).
+    (None: one per usable core; 0: in a thread of the server process instead). ``offload_bytes``: bodies at
+    least this large go to them; smaller ones are decoded on the event loop, where they cost less than the
+    hand-off (pickling, pipes, a wake-up per request).
 
     ``max_run_bytes``: memory one ONNX Runtime run of a model may take; each model's jets per run are capped
     at this over its bytes per jet (model metadata, else estimated from the graph), so a ParT model is not
@@ -72,6 +77,7 @@ class ServerSettings:
     max_candidates_per_jet: int = 1_000
     max_root_bytes: int = 1024 * 1024 * 1024
     decode_processes: int | None = None
+    offload_bytes: int = DEFAULT_OFFLOAD_BYTES
     max_run_bytes: int = 2 * 1024 * 1024 * 1024
     follow_alias: bool = False
     follow_interval_s: float = 30.0
@@ -93,7 +99,7 @@ class ServerSettings:
         if self.follow_interval_s <= 0:
             raise WtagError(f"follow_interval_s must be > 0, got {self.follow_interval_s}")
         for name in ("max_inflight_requests", "max_queued_jets", "max_jets_per_request", "max_candidates_per_jet",
-                     "max_root_bytes", "max_run_bytes", "workers"):
+                     "max_root_bytes", "max_run_bytes", "offload_bytes", "workers"):
             if getattr(self, name) < 1:
                 raise WtagError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_jets_per_request > self.max_queued_jets:

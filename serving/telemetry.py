@@ -54,6 +54,8 @@ class ServerMetrics:
         self.jets = Counter("wtag_jets_scored", "Jets scored", ("model",), registry=r)
         self.rejected = Counter("wtag_rejected_requests", "Requests turned away by admission control (429) or a "
                                 "per-request cap (413/422), by reason", ("reason",), registry=r)
+        self.decodes = Counter("wtag_decoded_bodies", "Request bodies decoded, by where: on the event loop, or in a "
+                               "decode process (bodies of at least offload_bytes)", ("where",), registry=r)
         self.in_flight = Gauge("wtag_requests_in_flight", "Scoring requests being read, decoded or scored",
                                registry=r, multiprocess_mode="livesum")
         self.queued_jets = Gauge("wtag_jets_queued", "Jets submitted to the batcher and not yet scored",
@@ -67,6 +69,7 @@ class ServerMetrics:
                              "(loaded, or why not: fetch, contract, check)", ("model", "outcome"), registry=r)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        self.decoded = {where: self.decodes.labels(where) for where in ("loop", "process")}
         # Labelled children looked up once: ``labels()`` takes a lock and builds a key on every call.
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}

@@ -2,21 +2,25 @@
 requests, errors outside any protocol, body limits, bearer-token auth, slow bodies, settings, the GPU."""
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import gzip
 import hashlib
 import io
+import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
 
 from onnx_models import (N_HL, N_PART, TOKEN, Server, assert_scores, check_bad_requests, hl_batch, metric,
                          npy_bytes as _npy, offline_scores, physical_hl_model as hl_model, serve)
+from serving.app import create_app
 from serving.settings import TOKEN_ENV, ServerSettings
 from wtag import schema
 from wtag.errors import WtagError
@@ -89,6 +93,43 @@ def test_concurrent_requests_are_batched_and_answered_individually(hl_server: Se
             - metric(before, "wtag_http_requests_total", route="/v2/models/{model_name}/infer", status="200")) == 128
     assert metric(after, "wtag_http_request_duration_seconds_count", route="/v2/models/{model_name}/infer") >= 128
     assert metric(after, "wtag_model_info", provider="CPUExecutionProvider") == 1.0
+
+
+def v2_json(x: np.ndarray) -> dict:
+    return {"inputs": [{"name": "hl", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def test_bodies_from_offload_bytes_on_are_decoded_in_a_decode_process(hl_server: Server) -> None:
+    small, large = hl_batch(10, seed=61), hl_batch(2000, seed=62)  # about 2 kB and 390 kB of v2 JSON
+    assert len(json.dumps(v2_json(large))) > ServerSettings().offload_bytes > len(json.dumps(v2_json(small)))
+    with hl_server.client() as client:
+        before = client.get("/metrics").text
+        for x in (small, large):
+            resp = client.post("/v2/models/wtag/infer", json=v2_json(x))
+            assert resp.status_code == 200, resp.text
+            assert_scores(resp.json()["outputs"][0]["data"], offline_scores(hl_server.model, {"hl": x}))
+        after = client.get("/metrics").text
+    for where in ("loop", "process"):
+        assert metric(after, "wtag_decoded_bodies_total", where=where) - \
+            metric(before, "wtag_decoded_bodies_total", where=where) == 1, where
+
+
+def test_a_larger_offload_bytes_decodes_the_same_body_on_the_event_loop(tmp_path: Path) -> None:
+    onnx.save(hl_model(), str(tmp_path / "hl.onnx"))
+    app = create_app(tmp_path / "hl.onnx", ServerSettings(offload_bytes=10**7, decode_processes=0, device="cpu"))
+    x = hl_batch(2000, seed=62)
+
+    async def scenario() -> tuple[httpx.Response, str]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://wtag") as client:
+                return await client.post("/v2/models/wtag/infer", json=v2_json(x)), (await client.get("/metrics")).text
+
+    resp, metrics = asyncio.run(scenario())
+    assert resp.status_code == 200, resp.text
+    assert_scores(resp.json()["outputs"][0]["data"], offline_scores(tmp_path / "hl.onnx", {"hl": x}))
+    assert metric(metrics, "wtag_decoded_bodies_total", where="loop") == 1
+    assert metric(metrics, "wtag_decoded_bodies_total", where="process") == 0
 
 
 APP_BAD_REQUESTS = [
