@@ -36,7 +36,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from serving.settings import ServerSettings
+from serving.settings import ServerSettings, default_workers
 from wtag import schema
 from wtag.errors import exit_status
 from wtag.inference import DEVICES, create_session
@@ -478,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="execution provider for the server and the bare runs (default cpu)")
     parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads for the server and bare runs")
-    parser.add_argument("--workers", type=int, default=1, help="wtag server worker processes (default 1)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help=f"wtag server worker processes (default: the server's, here {default_workers()})")
     parser.add_argument("--serve-args", default="",
                         help="more `wtag serve` flags for the wtag server, one string (e.g. '--offload-bytes 1000000')")
     parser.add_argument("--sizes", type=int, nargs="+", help="jets per request (overrides the defaults)")

@@ -15,8 +15,9 @@ DEFAULT_PORT = 8080
 DEFAULT_GRPC_PORT = DEFAULT_PORT + 1  # 0: no gRPC endpoint; the CLI's default is --port + 1
 # Worker processes by default: one per usable core, at most this many (each holds its own model session).
 MAX_DEFAULT_WORKERS = 8
-# Bodies at least this large are decoded in a decode process (ServerSettings.offload_bytes).
-DEFAULT_OFFLOAD_BYTES = 64 * 1024
+# Bodies at least this large are decoded in a decode process (ServerSettings.offload_bytes): about 9 ms of
+# JSON decoding on the event loop; below it the hand-off (pickling, pipes, wake-ups) costs more than decoding.
+DEFAULT_OFFLOAD_BYTES = 1024 * 1024
 # Optional overrides from the environment, so ``make serve`` can be tuned without code changes.
 ENV_FIELDS = {
     "max_batch_size": "WTAG_SERVE_MAX_BATCH_SIZE",

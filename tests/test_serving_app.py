@@ -100,7 +100,7 @@ def v2_json(x: np.ndarray) -> dict:
 
 
 def test_bodies_from_offload_bytes_on_are_decoded_in_a_decode_process(hl_server: Server) -> None:
-    small, large = hl_batch(10, seed=61), hl_batch(2000, seed=62)  # about 2 kB and 390 kB of v2 JSON
+    small, large = hl_batch(10, seed=61), hl_batch(8000, seed=62)  # about 2 kB and 1.5 MB of v2 JSON
     assert len(json.dumps(v2_json(large))) > ServerSettings().offload_bytes > len(json.dumps(v2_json(small)))
     with hl_server.client() as client:
         before = client.get("/metrics").text
@@ -117,7 +117,8 @@ def test_bodies_from_offload_bytes_on_are_decoded_in_a_decode_process(hl_server:
 def test_a_larger_offload_bytes_decodes_the_same_body_on_the_event_loop(tmp_path: Path) -> None:
     onnx.save(hl_model(), str(tmp_path / "hl.onnx"))
     app = create_app(tmp_path / "hl.onnx", ServerSettings(offload_bytes=10**7, decode_processes=0, device="cpu"))
-    x = hl_batch(2000, seed=62)
+    x = hl_batch(8000, seed=62)
+    assert len(json.dumps(v2_json(x))) > ServerSettings().offload_bytes
 
     async def scenario() -> tuple[httpx.Response, str]:
         async with app.router.lifespan_context(app):
