@@ -30,6 +30,15 @@ def test_mlproject_style_numbers_are_accepted():
         build_parser().parse_args(["train", "--epochs", "0"])
 
 
+def test_weighting_is_a_choice_of_train_tune_and_main(capsys):
+    for command in ("train", "tune", "main"):
+        assert build_parser().parse_args([command]).weighting == "flat"
+        assert build_parser().parse_args([command, "--weighting", "w_spectrum"]).weighting == "w_spectrum"
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([command, "--weighting", "pt_flat"])
+        assert exit_.value.code == 2 and "invalid choice: 'pt_flat'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["generate", "--process", "qcd", "--n-jets", "10", "--output", "DATA/out", "--pileup", "-2"],
      "pileup must be a finite number >= 0"),

@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from wtag.errors import WtagError
-from wtag.taggers import TAGGER_NAMES
+from wtag.taggers import TAGGER_NAMES, tagger_class
 from wtag.training import TaggerResult, resolve_models, results_table
 
 TEST_METRICS = {"test_auc", "test_r50", "test_r30", "test_accuracy", "test_mass_sculpting"}
@@ -55,6 +55,11 @@ def test_mlflow_run_train_logs_parent_and_nested_runs(trained_all):
         assert child.data.tags["mlflow.note.content"]
         assert {f"{k}_err" for k in ("test_auc", "test_r50", "test_r30")} <= set(child.data.metrics), name
         assert child.data.tags["wtag.decorrelation"] == "none"
+        n_train = int(child.data.params["n_train"])
+        assert 0 < child.data.metrics["n_eff_train_signal"] + child.data.metrics["n_eff_train_background"] <= n_train
+        assert "weighting" not in child.data.params  # the default (flat) is not logged, so older runs are reused
+        if tagger_class(name).flavor == "keras":  # a one-epoch fit of a few hundred jets does not repay XLA
+            assert child.data.metrics["trained_with_xla"] == 0.0, name
         if name not in ("cut", "ddt"):  # the cut-based taggers have no epochs
             for key in ("loss", "val_loss", "val_auc"):
                 assert client.get_metric_history(child.info.run_id, key), (name, key)
@@ -143,3 +148,33 @@ def test_train_scan_logs_one_candidate_per_setting_with_errors(tracking_server, 
     assert {i.dataset.name for i in parent.inputs.dataset_inputs} == {"wtag-pythia-train", "wtag-pythia-test"}
     results = mlflow.artifacts.load_text(f"runs:/{parent_id}/results.md")
     assert "| dnn-disco2 |" in results and " +- " in results
+
+
+@pytest.mark.slow
+def test_w_spectrum_weighting_is_logged_and_keeps_every_w_jet(tracking_server, tmp_path):
+    """With weighting=w_spectrum the W jets train unweighted (their effective number is their count) and the QCD
+    jets carry the weights that match the W pT spectrum; the default keeps the prepared weights (here all 1)."""
+    from synthetic import log_prepare_run, new_experiment, synthetic_dataset
+
+    from wtag.taggers import TrainConfig
+    from wtag.training import train
+    from wtag.weighting import effective_size, w_spectrum_weights
+
+    mlflow.set_tracking_uri(tracking_server)
+    experiment_id = new_experiment("train-weighting")
+    ds = synthetic_dataset(tmp_path / "ds", seed=6)
+    log_prepare_run(ds)
+    n_w = int((ds.train.label == 1).sum())
+    runs = {}
+    for weighting in ("flat", "w_spectrum"):
+        parent_id = train(ds, "bdt", TrainConfig(n_bootstrap=30, weighting=weighting))
+        runs[weighting] = MlflowClient(tracking_server).search_runs(
+            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")[0]
+    n_qcd = len(ds.train) - n_w
+    assert runs["w_spectrum"].data.params["weighting"] == "w_spectrum"
+    assert "weighting" not in runs["flat"].data.params
+    qcd = effective_size(w_spectrum_weights(ds.train.pt, ds.train.label)[ds.train.label == 0])
+    assert qcd < n_qcd
+    assert runs["w_spectrum"].data.metrics["n_eff_train_signal"] == pytest.approx(n_w)
+    assert runs["w_spectrum"].data.metrics["n_eff_train_background"] == pytest.approx(qcd)
+    assert runs["flat"].data.metrics["n_eff_train_background"] == pytest.approx(n_qcd)

@@ -140,7 +140,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "of the same (Keras) tagger")
     p.add_argument("--params-from", default=d.params_from,
                    help="a tune run id: train its tagger with the study's best parameters")
+    _add_weighting_arg(p)
     _add_bootstrap_arg(p)
+
+
+def _add_weighting_arg(p: argparse.ArgumentParser) -> None:
+    from wtag.weighting import WEIGHTINGS
+
+    p.add_argument("--weighting", default=TrainConfig.weighting, choices=WEIGHTINGS,
+                   help="training-jet weights: 'flat' pT spectrum per class, or 'w_spectrum' (W unweighted, QCD "
+                        "reweighted to the W pT spectrum)")
 
 
 def _add_tune_args(p: argparse.ArgumentParser) -> None:
@@ -163,6 +172,7 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int, default=t.epochs)
     p.add_argument("--patience", type=_positive_int, default=t.patience)
     p.add_argument("--train-seed", type=_int, default=t.seed, help="seed of weight initialisation and shuffling")
+    _add_weighting_arg(p)
     _add_bootstrap_arg(p)
 
 
@@ -195,7 +205,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        lr_schedule=args.lr_schedule, patience=args.patience, seed=args.train_seed,
                        init_from=args.init_from.strip(), params_from=args.params_from.strip(),
-                       **{k: v for k, v in optional.items() if v is not None})
+                       weighting=args.weighting, **{k: v for k, v in optional.items() if v is not None})
 
 
 def _tune_config(args: argparse.Namespace) -> TuneConfig:
@@ -278,7 +288,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     tune_config = _tune_config(args)
     train_config = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.train_seed,
-                               n_bootstrap=args.n_bootstrap)
+                               n_bootstrap=args.n_bootstrap, weighting=args.weighting)
     experiment_id = configure(tracking_uri_from_env(), args.experiment)
     run_id = tune_step(_prepare_config(args), args.data_dir, experiment_id, tune_config, train_config,
                        workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id), scheduler=args.scheduler)

@@ -21,6 +21,7 @@ from wtag.runs import candidate_label, log_dataset_input
 from wtag.schema import DECORRELATION_NONE, Artifact, EntryPoint, Tag
 from wtag.taggers import TAGGER_NAMES, Tagger, TrainConfig, build_tagger, tagger_class
 from wtag.tracking import EpochLogger
+from wtag.weighting import effective_size, weighted
 
 
 ALL_TAGGERS = "all"
@@ -181,7 +182,10 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
         log_dataset_input(ds, "test")
         start = time.perf_counter()
         epoch_logger = EpochLogger(run.info.run_id)
-        history = tagger.fit(ds.train, ds.val, on_epoch_end=epoch_logger)
+        train_split, val_split = weighted(ds.train, config.weighting), weighted(ds.val, config.weighting)
+        mlflow.log_metrics({f"n_eff_train_{kind}": effective_size(train_split.weight[train_split.label == cls])
+                            for kind, cls in (("signal", 1), ("background", 0))})
+        history = tagger.fit(train_split, val_split, on_epoch_end=epoch_logger)
         epoch_logger.flush()
         train_time = time.perf_counter() - start
         test_inputs = ds.test.inputs(tagger.inputs)

@@ -36,6 +36,7 @@ from wtag.runs import log_dataset_input
 from wtag.schema import Artifact, EntryPoint, Tag
 from wtag.taggers import TAGGER_NAMES, TrainConfig, build_tagger, tagger_class
 from wtag.tracking import EpochLogger, tracked_run
+from wtag.weighting import weighted
 
 OBJECTIVES = ("val_auc", "val_pauc")
 PAUC_MAX_EPS_B = 0.1  # val_pauc: the ROC area up to this background efficiency (McClish-standardized)
@@ -421,7 +422,8 @@ def _train_trial(task: TrialTask, study: Any, storage: Any, holder: dict[str, st
         start = time.perf_counter()
         state, value = "complete", None
         try:
-            tagger.fit(ds.train, val, on_epoch_end=on_epoch_end)
+            tagger.fit(weighted(ds.train, config.weighting), weighted(val, config.weighting),
+                       on_epoch_end=on_epoch_end)
         except optuna.TrialPruned:
             state = "pruned"
         epoch_logger.flush()

@@ -47,20 +47,23 @@ class TrainConfig:
     tagger_params: str = ""
     # The ``tune`` run whose best parameters this training uses (lineage); "" = none.
     params_from: str = ""
+    # Training-jet weights, one of wtag.dataset.WEIGHTINGS: "flat" pT per class, or "w_spectrum" (QCD to W's pT).
+    weighting: str = "flat"
 
     def params(self) -> dict[str, object]:
         """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there).
 
         ``init_from``, ``tagger_params`` and ``params_from`` only when set: ``mlflow run`` logs an empty MLproject
         parameter as the two characters ``''``, which would never match a run started in-process, so finished runs
-        would not be reused.
+        would not be reused; ``weighting`` only when not "flat", so runs from before it existed are reused.
         """
         return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "lr_schedule": self.lr_schedule, "patience": self.patience, "train_seed": self.seed,
                 "disco_lambda": self.disco_lambda, "weight_decay": self.weight_decay,
                 "n_bootstrap": self.n_bootstrap,
                 **{k: v for k, v in (("init_from", self.init_from), ("tagger_params", self.tagger_params),
-                                     ("params_from", self.params_from)) if v}}
+                                     ("params_from", self.params_from)) if v},
+                **({"weighting": self.weighting} if self.weighting != "flat" else {})}
 
     def tagger_params_dict(self) -> dict[str, Any]:
         """``tagger_params`` decoded (empty when unset)."""
