@@ -30,13 +30,16 @@ def test_mlproject_style_numbers_are_accepted():
         build_parser().parse_args(["train", "--epochs", "0"])
 
 
-def test_weighting_is_a_choice_of_train_tune_and_main(capsys):
+@pytest.mark.parametrize("flag,default,other", [("weighting", "flat", "w_spectrum"),
+                                                 ("epoch_metric", "val_loss", "val_auc")])
+def test_training_choices_of_train_tune_and_main(flag, default, other, capsys):
+    option = "--" + flag.replace("_", "-")
     for command in ("train", "tune", "main"):
-        assert build_parser().parse_args([command]).weighting == "flat"
-        assert build_parser().parse_args([command, "--weighting", "w_spectrum"]).weighting == "w_spectrum"
+        assert getattr(build_parser().parse_args([command]), flag) == default
+        assert getattr(build_parser().parse_args([command, option, other]), flag) == other
         with pytest.raises(SystemExit) as exit_:
-            build_parser().parse_args([command, "--weighting", "pt_flat"])
-        assert exit_.value.code == 2 and "invalid choice: 'pt_flat'" in capsys.readouterr().err
+            build_parser().parse_args([command, option, "bogus"])
+        assert exit_.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,needle", [

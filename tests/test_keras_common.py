@@ -273,6 +273,25 @@ def test_weights_change_the_loss(name: str, monkeypatch: pytest.MonkeyPatch) -> 
         assert tagger.fit_metrics() == {"trained_with_xla": float(xla)}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("epoch_metric", ["val_loss", "val_auc"])
+def test_the_kept_epoch_is_the_best_by_the_epoch_metric(epoch_metric: str) -> None:
+    tagger, val, history = fitted("dnn", n_train=400, n_val=300, epochs=5, patience=5, learning_rate=0.05,
+                                  epoch_metric=epoch_metric)
+    best = int(np.argmin(history["val_loss"]) if epoch_metric == "val_loss" else np.argmax(history["val_auc"]))
+    scores = tagger.predict(val.inputs(tagger.inputs))
+    assert roc_auc_score(val.label, scores, sample_weight=val.weight) == pytest.approx(history["val_auc"][best],
+                                                                                         abs=1e-6)
+    assert tagger.hyperparameters()["early_stopping"] == epoch_metric
+
+
+def test_an_unknown_epoch_metric_is_refused_before_training() -> None:
+    train = synthetic_split(32, seed=1)
+    tagger = build_tagger("dnn", tiny_config(epoch_metric="val_acc"), Standardization.fit(train))
+    with pytest.raises(WtagError, match=r"epoch_metric=val_acc .* epoch_metric one of val_loss, val_auc"):
+        tagger.fit(train, synthetic_split(16, seed=2))
+
+
 @pytest.mark.parametrize("name", [n for n in KERAS_TAGGERS if tagger_class(n).xla_from_jet_epochs is not None])
 def test_xla_only_from_the_work_that_repays_its_compilation(name: str) -> None:
     threshold = tagger_class(name).xla_from_jet_epochs

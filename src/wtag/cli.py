@@ -18,7 +18,7 @@ from wtag.evaluation import CHAMPION_METRICS, DEFAULT_MAX_SCULPTING, DEFAULT_MET
 from wtag.inference import DEVICES
 from wtag.prepare import DEFAULT_DATA_DIR, SAMPLES, SOURCES, PrepareConfig
 from wtag.scoring import ScoreConfig
-from wtag.taggers.base import LR_SCHEDULES, TrainConfig
+from wtag.taggers.base import EPOCH_METRICS, LR_SCHEDULES, TrainConfig
 from wtag.tracking import DEFAULT_EXPERIMENT, tracking_uri_from_env
 from wtag.tracking_server import DEFAULT_DIR, DEFAULT_HOST, DEFAULT_PORT
 from wtag.training import ALL_TAGGERS
@@ -140,16 +140,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "of the same (Keras) tagger")
     p.add_argument("--params-from", default=d.params_from,
                    help="a tune run id: train its tagger with the study's best parameters")
-    _add_weighting_arg(p)
+    _add_training_choice_args(p)
     _add_bootstrap_arg(p)
 
 
-def _add_weighting_arg(p: argparse.ArgumentParser) -> None:
+def _add_training_choice_args(p: argparse.ArgumentParser) -> None:
+    """The training choices shared by train, tune and main: jet weights and the epoch-selection metric."""
     from wtag.weighting import WEIGHTINGS
 
     p.add_argument("--weighting", default=TrainConfig.weighting, choices=WEIGHTINGS,
                    help="training-jet weights: 'flat' pT spectrum per class, or 'w_spectrum' (W unweighted, QCD "
                         "reweighted to the W pT spectrum)")
+    p.add_argument("--epoch-metric", default=TrainConfig.epoch_metric, choices=EPOCH_METRICS,
+                   help="validation metric that stops training and picks the kept epoch (Keras taggers)")
 
 
 def _add_tune_args(p: argparse.ArgumentParser) -> None:
@@ -172,7 +175,7 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int, default=t.epochs)
     p.add_argument("--patience", type=_positive_int, default=t.patience)
     p.add_argument("--train-seed", type=_int, default=t.seed, help="seed of weight initialisation and shuffling")
-    _add_weighting_arg(p)
+    _add_training_choice_args(p)
     _add_bootstrap_arg(p)
 
 
@@ -205,7 +208,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        lr_schedule=args.lr_schedule, patience=args.patience, seed=args.train_seed,
                        init_from=args.init_from.strip(), params_from=args.params_from.strip(),
-                       weighting=args.weighting, **{k: v for k, v in optional.items() if v is not None})
+                       weighting=args.weighting, epoch_metric=args.epoch_metric, **{k: v for k, v in optional.items() if v is not None})
 
 
 def _tune_config(args: argparse.Namespace) -> TuneConfig:
@@ -288,7 +291,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     tune_config = _tune_config(args)
     train_config = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.train_seed,
-                               n_bootstrap=args.n_bootstrap, weighting=args.weighting)
+                               n_bootstrap=args.n_bootstrap, weighting=args.weighting,
+                               epoch_metric=args.epoch_metric)
     experiment_id = configure(tracking_uri_from_env(), args.experiment)
     run_id = tune_step(_prepare_config(args), args.data_dir, experiment_id, tune_config, train_config,
                        workers=args.workers or None, run_id=_adopt_mlflow_run(experiment_id), scheduler=args.scheduler)

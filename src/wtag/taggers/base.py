@@ -17,6 +17,9 @@ from wtag.schema import DECORRELATION_NONE, expected_shape
 EpochCallback = Callable[[int, Mapping[str, float]], None]
 
 LR_SCHEDULES = ("constant", "cosine")
+# What picks the kept epoch and stops training (Keras taggers): the weighted validation loss, or the validation ROC
+# AUC, which ranks jets as the test metrics do rather than calibrating them.
+EPOCH_METRICS = ("val_loss", "val_auc")
 LR_FLOOR = 0.01  # the cosine schedule ends at this fraction of the initial learning rate
 
 
@@ -47,15 +50,18 @@ class TrainConfig:
     tagger_params: str = ""
     # The ``tune`` run whose best parameters this training uses (lineage); "" = none.
     params_from: str = ""
-    # Training-jet weights, one of wtag.dataset.WEIGHTINGS: "flat" pT per class, or "w_spectrum" (QCD to W's pT).
+    # Training-jet weights, one of wtag.weighting.WEIGHTINGS: "flat" pT per class, or "w_spectrum" (QCD to W's pT).
     weighting: str = "flat"
+    # One of EPOCH_METRICS: early stopping and the restored best epoch follow it.
+    epoch_metric: str = "val_loss"
 
     def params(self) -> dict[str, object]:
         """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there).
 
         ``init_from``, ``tagger_params`` and ``params_from`` only when set: ``mlflow run`` logs an empty MLproject
         parameter as the two characters ``''``, which would never match a run started in-process, so finished runs
-        would not be reused; ``weighting`` only when not "flat", so runs from before it existed are reused.
+        would not be reused; ``weighting`` and ``epoch_metric`` only when not their defaults, so runs from before
+        they existed are reused.
         """
         return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "lr_schedule": self.lr_schedule, "patience": self.patience, "train_seed": self.seed,
@@ -63,7 +69,8 @@ class TrainConfig:
                 "n_bootstrap": self.n_bootstrap,
                 **{k: v for k, v in (("init_from", self.init_from), ("tagger_params", self.tagger_params),
                                      ("params_from", self.params_from)) if v},
-                **({"weighting": self.weighting} if self.weighting != "flat" else {})}
+                **({"weighting": self.weighting} if self.weighting != "flat" else {}),
+                **({"epoch_metric": self.epoch_metric} if self.epoch_metric != "val_loss" else {})}
 
     def tagger_params_dict(self) -> dict[str, Any]:
         """``tagger_params`` decoded (empty when unset)."""

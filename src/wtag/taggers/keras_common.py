@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from wtag import schema
 from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
-from wtag.taggers.base import LR_FLOOR, LR_SCHEDULES, EpochCallback, Tagger, TrainConfig
+from wtag.taggers.base import EPOCH_METRICS, LR_FLOOR, LR_SCHEDULES, EpochCallback, Tagger, TrainConfig
 
 # ONNX opset for tf2onnx: new enough for every op our graphs use, within the range the contract allows.
 ONNX_OPSET = 17
@@ -211,7 +211,8 @@ class KerasTagger(Tagger):
         (``TrainConfig.params``)."""
         loss = "binary_crossentropy+disco" if self.config.disco_lambda > 0 else "binary_crossentropy"
         xla = "off" if self.xla_from_jet_epochs is None else f"from {self.xla_from_jet_epochs} jet-epochs"
-        return {**self.architecture(), "optimizer": "adam", "loss": loss, "early_stopping": "val_loss", "xla": xla}
+        return {**self.architecture(), "optimizer": "adam", "loss": loss, "early_stopping": self.config.epoch_metric,
+                "xla": xla}
 
     def uses_xla(self, n_train: int) -> bool:
         """Whether a fit on ``n_train`` jets for the configured epochs compiles through XLA."""
@@ -267,7 +268,8 @@ class KerasTagger(Tagger):
         train_model.compile(optimizer=optimizer, loss=loss, jit_compile=self.trained_with_xla)
         callbacks = [
             _ValidationAUC(xv, yv, wv, on_epoch_end),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience,
+            keras.callbacks.EarlyStopping(monitor=self.config.epoch_metric, patience=self.config.patience,
+                                          mode="max" if self.config.epoch_metric == "val_auc" else "min",
                                           restore_best_weights=True),
         ]
         if disco:  # the mass travels with the targets; the weights too, as the penalty needs them
@@ -379,11 +381,13 @@ def _check_config(config: TrainConfig) -> None:
         ("disco_lambda", config.disco_lambda, config.disco_lambda >= 0),
         ("weight_decay", config.weight_decay, config.weight_decay >= 0),
         ("lr_schedule", config.lr_schedule, config.lr_schedule in LR_SCHEDULES),
+        ("epoch_metric", config.epoch_metric, config.epoch_metric in EPOCH_METRICS),
     ) if not ok]
     if problems:
         raise WtagError(f"training parameters out of range: {', '.join(problems)} (need epochs >= 1, "
                         "batch_size >= 1, learning_rate > 0, patience >= 0, disco_lambda >= 0, weight_decay >= 0, "
-                        f"lr_schedule one of {', '.join(LR_SCHEDULES)})")
+                        f"lr_schedule one of {', '.join(LR_SCHEDULES)}, epoch_metric one of "
+                        f"{', '.join(EPOCH_METRICS)})")
 
 
 def dense_stack(x: keras.KerasTensor, units: Sequence[int], dropout: float, prefix: str,
