@@ -208,7 +208,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        lr_schedule=args.lr_schedule, patience=args.patience, seed=args.train_seed,
                        init_from=args.init_from.strip(), params_from=args.params_from.strip(),
-                       weighting=args.weighting, epoch_metric=args.epoch_metric, **{k: v for k, v in optional.items() if v is not None})
+                       weighting=args.weighting, epoch_metric=args.epoch_metric,
+                       **{k: v for k, v in optional.items() if v is not None})
 
 
 def _tune_config(args: argparse.Namespace) -> TuneConfig:
