@@ -29,7 +29,7 @@ def w_spectrum_weights(pt: np.ndarray, label: np.ndarray, bins: np.ndarray | Non
     h_w, _ = np.histogram(np.clip(pt[signal], bins[0], bins[-1]), bins=bins)
     h_q, _ = np.histogram(np.clip(pt[background], bins[0], bins[-1]), bins=bins)
     which = np.clip(np.digitize(pt[background], bins) - 1, 0, len(bins) - 2)
-    ratio = (h_w[which] / signal.sum()) / np.maximum(h_q[which] / background.sum(), 1e-300)
+    ratio = h_w[which] / h_q[which]  # h_q >= 1 in a bin holding this QCD jet; the class totals scale out below
     w = np.ones(len(pt))
     w[background] = ratio * signal.sum() / max(ratio.sum(), 1e-300)
     return (w * len(pt) / w.sum()).astype(np.float32)
