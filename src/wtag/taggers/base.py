@@ -69,8 +69,8 @@ class TrainConfig:
                 "n_bootstrap": self.n_bootstrap,
                 **{k: v for k, v in (("init_from", self.init_from), ("tagger_params", self.tagger_params),
                                      ("params_from", self.params_from)) if v},
-                **({"weighting": self.weighting} if self.weighting != "flat" else {}),
-                **({"epoch_metric": self.epoch_metric} if self.epoch_metric != "val_loss" else {})}
+                **{k: getattr(self, k) for k in ("weighting", "epoch_metric")
+                   if getattr(self, k) != getattr(TrainConfig, k)}}
 
     def tagger_params_dict(self) -> dict[str, Any]:
         """``tagger_params`` decoded (empty when unset)."""
