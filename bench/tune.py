@@ -7,22 +7,27 @@ spread over Dask workers? Markdown tables on stdout.
 Both run the real commands (``wtag tune``, ``wtag train``) against ``MLFLOW_TRACKING_URI`` (start one with
 ``make tracking``) and read the runs back. ``compare`` tunes (or resumes the study), then trains the tagger with
 and without the best parameters for each seed; training reuse makes a rerun cheap. ``efficiency`` runs the same
-random-sampled trials (same sampler seed, no pruning, each study in its own journal) on one and on two
-single-threaded local Dask workers and compares the trials per hour the ``tune`` runs log.
+random-sampled trials (same sampler seed, no pruning, each study in its own journal) on a standing ``dask
+scheduler`` with one and with two single-threaded ``dask worker`` processes, compares the trials per hour the
+``tune`` runs log, and reads the scheduler's CPU time.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from wtag.errors import WtagError, exit_status
 from wtag.schema import Tag
@@ -96,34 +101,96 @@ def compare(args: argparse.Namespace, client) -> None:
           f"(sqrt(s_t^2 + s_u^2) / sqrt({n}) = {spread:.1f}); the seed std itself is {st:.1f} tuned, {su:.1f} untuned")
 
 
+@contextlib.contextmanager
+def standing_cluster(n_workers: int, logs: Path) -> Iterator[tuple[str, psutil.Process, list[psutil.Process]]]:
+    """A ``dask scheduler`` and ``n_workers`` single-threaded ``dask worker`` processes on 127.0.0.1, started
+    before the command as on a real cluster (their start-up is not the study's). Yields the address and the
+    scheduler's and workers' processes, whose CPU time the benchmark reads."""
+    from distributed import Client
+
+    scheduler_file = logs / "scheduler.json"
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        return procs[-1]
+
+    try:
+        scheduler = start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+                                        "127.0.0.1:0", "--scheduler-file", str(scheduler_file)])
+        deadline = time.monotonic() + 120
+        while not scheduler_file.is_file():
+            if scheduler.poll() is not None or time.monotonic() > deadline:
+                raise WtagError(f"dask scheduler did not start; see {logs / 'scheduler.log'}")
+            time.sleep(0.2)
+        time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        workers = [start(f"worker{i}", ["worker", address, "--nthreads", "1", "--nworkers", "1", "--host",
+                                        "127.0.0.1", "--no-dashboard", "--name", f"w{i}"]) for i in range(n_workers)]
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(n_workers, timeout=120)
+        # --nworkers 1 runs the worker in a child of a nanny: count the whole tree
+        yield address, psutil.Process(scheduler.pid), [psutil.Process(w.pid) for w in workers]
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _cpu_seconds(procs: Sequence[psutil.Process]) -> float:
+    """User + system CPU seconds of processes and their children."""
+    total = 0.0
+    for proc in procs:
+        for p in (proc, *proc.children(recursive=True)):
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+    return total
+
+
 def efficiency(args: argparse.Namespace, client) -> None:
     data = ["--sample", args.sample, "--data-dir", str(args.data_dir)]
     wtag("prepare", *data)
     rows = []
     with tempfile.TemporaryDirectory(prefix="wtag-bench-tune-") as tmp:
         for workers in (1, 2):
-            load_before = os.getloadavg()[0]
-            start = time.monotonic()
-            wtag("tune", "--model", args.model, "--n-trials", str(args.n_trials), *data, "--workers", str(workers),
-                 "--parallel", str(workers), "--sampler", "random", "--sampler-seed", "7", "--pruner", "none",
-                 "--storage", str(Path(tmp) / f"workers{workers}.journal"), *args.tune_args)
-            wall = time.monotonic() - start
+            logs = Path(tmp) / f"cluster{workers}"
+            logs.mkdir()
+            with standing_cluster(workers, logs) as (address, scheduler, worker_procs):
+                load_before = os.getloadavg()[0]
+                cpu_scheduler, cpu_workers = _cpu_seconds([scheduler]), _cpu_seconds(worker_procs)
+                start = time.monotonic()
+                wtag("tune", "--model", args.model, "--n-trials", str(args.n_trials), *data, "--scheduler", address,
+                     "--parallel", str(workers), "--sampler", "random", "--sampler-seed", "7", "--pruner", "none",
+                     "--storage", str(Path(tmp) / f"workers{workers}.journal"), *args.tune_args)
+                wall = time.monotonic() - start
+                cpu_scheduler = _cpu_seconds([scheduler]) - cpu_scheduler
+                cpu_workers = _cpu_seconds(worker_procs) - cpu_workers
             run = newest_run(client, "tune", args.model)
             trials = client.search_runs([run.info.experiment_id],
                                         f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
             busy = sum(t.data.metrics.get("train_time_s", 0.0) for t in trials)
-            rows.append((workers, run.data.metrics["trials_per_hour"], wall, busy, len(trials), load_before,
-                         os.getloadavg()[0]))
+            spans = sum((t.info.end_time - t.info.start_time) / 1000.0 for t in trials if t.info.end_time)
+            rows.append((workers, run.data.metrics["trials_per_hour"], wall, busy, spans, len(trials), cpu_scheduler,
+                         cpu_workers, load_before, os.getloadavg()[0]))
     base = rows[0][1]
     print(f"\n{args.model} on the {args.sample} sample, {args.n_trials} trials (random sampler, seed 7, no pruning), "
-          f"single-threaded local Dask workers on {os.cpu_count()} cores\n")
-    print("| workers | trials/hour | parallel efficiency | command wall [s] | trial training [s] | "
-          "training share of workers' time | load avg before, after |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
-    for workers, tph, wall, busy, n, before, after in rows:
-        share = busy / (workers * wall)
-        print(f"| {workers} | {tph:.1f} | {tph / (workers * base):.0%} | {wall:.0f} | {busy:.0f} ({n} runs) | "
-              f"{share:.0%} | {before:.1f}, {after:.1f} |")
+          f"on a standing `dask scheduler` with single-threaded `dask worker` processes, {os.cpu_count()} cores\n")
+    print("| workers | trials/hour | parallel efficiency | command wall [s] | trial runs' wall [s] | trial training [s] | "
+          "workers' time in trial runs | workers' CPU [s] | scheduler CPU [s] (share of wall) | load avg before, after |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for workers, tph, wall, busy, spans, n, cpu_s, cpu_w, before, after in rows:
+        print(f"| {workers} | {tph:.1f} | {tph / (workers * base):.0%} | {wall:.0f} | {spans:.0f} ({n} runs) | "
+              f"{busy:.0f} | {spans / (workers * wall):.0%} | {cpu_w:.0f} | {cpu_s:.1f} ({cpu_s / wall:.1%}) | "
+              f"{before:.1f}, {after:.1f} |")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -93,3 +93,66 @@ def test_profile_bench_charges_each_stack_to_its_innermost_stage() -> None:
     assert counts["batching (queue, concatenate, split)"] == 2  # the innermost matching frame wins
     assert counts["event loop (uvloop socket I/O in native code)"] == 4
     assert sum(counts.values()) == 21
+
+
+def _eta_only_dataset(root: Path) -> Path:
+    """A prepared dataset whose classes differ only in jet eta (every other hl column is noise)."""
+    from wtag.dataset import Split, Standardization, save_prepared
+
+    rng = np.random.default_rng(11)
+    eta = schema.HL_FEATURES.index("jet_eta_ak7")
+
+    def split(n: int) -> Split:
+        label = (np.arange(n) % 3 == 0).astype(np.int64)
+        hl = rng.normal(size=(n, len(schema.HL_FEATURES))).astype(np.float32)
+        hl[:, eta] += 2.5 * label
+        return Split(label=label, weight=np.ones(n, np.float32), msd=rng.uniform(0, 200, n).astype(np.float32),
+                     pt=rng.uniform(200, 500, n).astype(np.float32), hl=hl)
+
+    splits = {"train": split(1200), "val": split(600), "test": split(1500)}
+    save_prepared(root, {"source": "pythia"}, splits, Standardization.fit(splits["train"]))
+    return root
+
+
+def _ceiling(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "ceiling.py"), *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=env)
+
+
+def _r50_means(text: str) -> dict[tuple[str, str], float]:
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| bdt |")]
+    rows = [r for r in rows if len(r) == 7]  # the results table, not the verdicts
+    return {(r[0].lstrip("| "), r[1]): float(r[4].split(" +- ")[0]) for r in rows}
+
+
+def test_ceiling_ablation_blanks_exactly_the_named_jet_features(tmp_path: Path) -> None:
+    data = _eta_only_dataset(tmp_path / "prepared")
+    done = _ceiling("ablation", "--dataset", str(data), "--models", "bdt", "--seeds", "1", "2", "--n-bootstrap", "20")
+    assert done.returncode == 0, done.stderr[-3000:]
+    r50 = _r50_means(done.stdout)
+    assert list(r50) == [("bdt", "all ten"), ("bdt", "without eta"), ("bdt", "without eta, pT"),
+                         ("bdt", "without eta, pT, ncand")]
+    assert r50[("bdt", "all ten")] > 10  # eta alone separates the classes
+    assert all(r < 4 for key, r in r50.items() if key[1] != "all ten")  # random guessing: 1/eps_B = 2
+
+
+def test_ceiling_curves_train_on_nested_subsets_and_judge_the_last_doubling(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import ceiling
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    label = np.r_[np.ones(40, int), np.zeros(160, int)]
+    subsets = ceiling.nested_subsets(label, [0.25, 0.5, 1.0], seed=3)
+    assert [len(s) for s in subsets.values()] == [50, 100, 200]
+    assert [int(label[s].sum()) for s in subsets.values()] == [10, 20, 40]  # class balance kept
+    assert set(subsets[0.25]) <= set(subsets[0.5]) <= set(subsets[1.0])
+    data = _eta_only_dataset(tmp_path / "prepared")
+    done = _ceiling("curves", "--dataset", str(data), "--models", "bdt", "--fractions", "0.5", "1", "--seeds", "1",
+                    "2", "--n-bootstrap", "20")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [key[1] for key in _r50_means(done.stdout)] == ["0.5", "1"]
+    assert "| bdt | " in done.stdout.split("still climbing")[1]
+    bad = _ceiling("curves", "--dataset", str(data), "--fractions", "0", "--models", "bdt")
+    assert bad.returncode == 2 and "fraction 0.0 is not in (0, 1]" in bad.stderr

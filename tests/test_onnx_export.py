@@ -410,3 +410,48 @@ def test_metadata_batch_axis_and_chunked_parity(tmp_path: Path) -> None:
     assert figures["onnx_max_abs_diff"] < 1e-6 and figures["onnx_parity_jets"] == SPLIT_SIZES["test"]
     with pytest.raises(WtagError, match=r"tagger 'linear' \(run run-y\): ONNX conversion failed"):
         to_onnx_with_metadata(UnsupportedLayerTagger(CONFIG, ds.standardization), "run-y", ds.digest)
+
+
+def test_ensemble_graph_scores_the_mean_of_its_members() -> None:
+    """A hybrid of a one-input and a two-input graph on different opsets: shared inputs, the mean of the members'
+    ONNX Runtime scores, the members named in the metadata; bad member sets are refused with their reason."""
+    import onnx
+    from onnx import version_converter
+    from onnx_models import N_HL, N_PART, hl_model, hl_particles_model
+
+    from wtag.onnx_export import create_session, ensemble_graph
+
+    def member(model: onnx.ModelProto, run_id: str, digest: str = "d1", cost: str = "100") -> onnx.ModelProto:
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                            schema.Meta.RUN_ID: run_id, schema.Meta.DATASET_DIGEST: digest,
+                                            schema.Meta.BYTES_PER_JET: cost})
+        return model
+
+    a = member(version_converter.convert_version(hl_model(seed=5), 15), "run-a")
+    b, c = member(hl_particles_model(seed=6), "run-b", cost="250"), member(hl_model(seed=7), "run-c")
+    ensemble = ensemble_graph([a, b, c])
+    rng = np.random.default_rng(0)
+    feed = {schema.INPUT_HL: rng.normal(size=(33, N_HL)).astype(np.float32),
+            schema.INPUT_PARTICLES: rng.normal(size=(33, schema.MAX_PARTICLES, N_PART)).astype(np.float32)}
+
+    def score(model: onnx.ModelProto) -> np.ndarray:
+        names = json.loads({p.key: p.value for p in model.metadata_props}[schema.Meta.INPUTS])
+        return create_session(model.SerializeToString(), device="cpu").run(
+            [schema.OUTPUT_SCORE], {k: feed[k] for k in names})[0]
+
+    expected = np.mean([score(a), score(b), score(c)], axis=0)
+    np.testing.assert_allclose(score(ensemble), expected, atol=1e-6)
+    props = {p.key: p.value for p in ensemble.metadata_props}
+    assert json.loads(props[schema.Meta.INPUTS]) == [schema.INPUT_HL, schema.INPUT_PARTICLES]
+    assert props[schema.Meta.TAGGER] == "ensemble" and props[schema.Meta.FAMILY] == "hybrid"
+    assert [m["run_id"] for m in json.loads(props[schema.Meta.MEMBERS])] == ["run-a", "run-b", "run-c"]
+    assert props[schema.Meta.RUN_ID] == "run-a,run-b,run-c" and props[schema.Meta.BYTES_PER_JET] == "450"
+    assert max(e.version for e in ensemble.opset_import if e.domain == "") == 15
+    seeds = ensemble_graph([member(hl_model(seed=1), "s1"), member(hl_model(seed=2), "s2")])
+    assert {p.key: p.value for p in seeds.metadata_props}[schema.Meta.FAMILY] == "ensemble"
+    with pytest.raises(WtagError, match="at least two member graphs, got 1"):
+        ensemble_graph([a])
+    with pytest.raises(WtagError, match="trained on different datasets"):
+        ensemble_graph([a, member(hl_model(seed=8), "run-d", digest="d2")])
+    with pytest.raises(WtagError, match="disagree on input 'hl'"):
+        ensemble_graph([a, member(hl_model(seed=9, input_type=onnx.TensorProto.DOUBLE), "run-e")])

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,85 @@ def to_onnx_with_metadata(tagger: Any, run_id: str, dataset_digest: str) -> Any:
     except onnx.checker.ValidationError as exc:
         raise WtagError(f"{what}: the ONNX graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
     return model
+
+
+ENSEMBLE_TAGGER = "ensemble"
+
+
+def ensemble_graph(members: Sequence[Any]) -> Any:
+    """One ONNX graph whose ``score`` is the mean of its members' scores (a seed ensemble of one tagger, or a
+    hybrid of taggers on different inputs), so a server scores it unchanged.
+
+    Members are exported wtag graphs (contract-checked, with metadata) of one dataset; each keeps its own nodes
+    and weights under the prefix ``m{i}_``, and inputs of the same name are shared. Members on different
+    ``ai.onnx`` opsets are converted to the newest one first."""
+    import onnx
+    from onnx import compose, helper, version_converter
+
+    if len(members) < 2:
+        raise WtagError(f"an ensemble needs at least two member graphs, got {len(members)}")
+    props = [{p.key: p.value for p in m.metadata_props} for m in members]
+    digests = {p.get(Meta.DATASET_DIGEST, "") for p in props}
+    if len(digests) > 1:
+        raise WtagError(f"ensemble members were trained on different datasets ({', '.join(sorted(digests))})")
+    if any(m.functions for m in members):
+        raise WtagError("ensemble members with ONNX local functions are not supported")
+    opset = max(_ai_onnx_opset(m) for m in members)
+    inputs: dict[str, Any] = {}
+    nodes, initializers, outputs = [], [], []
+    imports: dict[str, int] = {}
+    for i, member in enumerate(members):
+        if _ai_onnx_opset(member) != opset:
+            try:
+                member = version_converter.convert_version(member, opset)
+            except Exception as exc:
+                raise WtagError(f"ensemble member {i} ({props[i].get(Meta.TAGGER, '?')}): cannot convert from "
+                                f"opset {_ai_onnx_opset(member)} to {opset}: {exc}") from exc
+        graph = compose.add_prefix_graph(member.graph, f"m{i}_", rename_inputs=False)
+        weights = {t.name for t in graph.initializer}
+        for value in graph.input:
+            if value.name in weights:  # an initializer listed as an input (IR < 4 style) stays a weight
+                continue
+            known = inputs.setdefault(value.name, value)
+            if known.type != value.type:
+                raise WtagError(f"ensemble members disagree on input '{value.name}': {known.type} vs {value.type}")
+        output = f"m{i}_{schema.OUTPUT_SCORE}"
+        if output not in {o.name for o in graph.output}:
+            raise WtagError(f"ensemble member {i} has no '{schema.OUTPUT_SCORE}' output")
+        nodes.extend(graph.node)
+        initializers.extend(graph.initializer)
+        outputs.append(output)
+        for entry in member.opset_import:
+            imports[entry.domain] = max(imports.get(entry.domain, 0), entry.version)
+    nodes.append(helper.make_node("Mean", outputs, [schema.OUTPUT_SCORE], name="ensemble_mean"))
+    graph = helper.make_graph(nodes, ENSEMBLE_TAGGER, list(inputs.values()),
+                              [helper.make_tensor_value_info(schema.OUTPUT_SCORE, onnx.TensorProto.FLOAT, ["N"])],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(imports.items())],
+                              producer_name="wtag")
+    model.ir_version = max(m.ir_version for m in members)
+    names = list(inputs)
+    run_ids = [p.get(Meta.RUN_ID, "") for p in props]
+    meta = {**props[0], Meta.TAGGER: ENSEMBLE_TAGGER, Meta.INPUTS: json.dumps(names),
+            Meta.FAMILY: ENSEMBLE_TAGGER if len({p.get(Meta.TAGGER) for p in props}) == 1 else "hybrid",
+            Meta.RUN_ID: ",".join(run_ids),
+            Meta.MEMBERS: json.dumps([{"tagger": p.get(Meta.TAGGER, ""), "run_id": p.get(Meta.RUN_ID, "")}
+                                      for p in props])}
+    costs = [p.get(Meta.BYTES_PER_JET) for p in props]
+    meta.pop(Meta.BYTES_PER_JET, None)
+    if all(costs):
+        meta[Meta.BYTES_PER_JET] = str(sum(int(float(c)) for c in costs))
+    onnx.helper.set_model_props(model, meta)
+    check_contract(model, tuple(names), "ensemble")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise WtagError(f"ensemble: the ONNX graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
+    return model
+
+
+def _ai_onnx_opset(model: Any) -> int:
+    return max((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), default=0)
 
 
 # ---------------------------------------------------------------------------------------------------------

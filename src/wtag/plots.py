@@ -382,3 +382,22 @@ def plot_mass_after_cut(msd: np.ndarray, y: np.ndarray, scores: Mapping[str, np.
                   fontsize="x-small")
         _label(ax, cms_text)
         return _save(fig, path)
+
+
+def plot_learning_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+                         path: str | os.PathLike[str], *, cms_text: str = "Simulation") -> Path:
+    """Background rejection at 50% signal efficiency against the number of training jets, one line per tagger
+    (``curves``: name -> (training jets, r50, error)): which taggers still gain from more data."""
+    if not curves:
+        raise WtagError("plot_learning_curves: no taggers")
+    with _figure() as (fig, axes):
+        ax = axes[0, 0]
+        for name, (n, r50, err) in curves.items():
+            ax.errorbar(n, r50, yerr=err, marker="o", ms=8, capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("Training jets")
+        ax.set_ylabel(r"Background rejection $1/\epsilon_B$ at $\epsilon_S = 50\%$")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+        _label(ax, cms_text)
+        return _save(fig, path)

@@ -1,0 +1,312 @@
+"""Where the taggers' ceiling is: learning curves and what the jet-level features carry. Markdown tables on stdout.
+
+    python bench/ceiling.py curves   [--models bdt,dnn,pfn] [--fractions 0.125 0.25 0.5 1] [--seeds 42 43 44]
+    python bench/ceiling.py ablation [--models bdt,dnn] [--seeds 42 43 44]
+    python bench/ceiling.py ensemble --runs RUN,RUN,RUN [--runs RUN,...]
+
+Both read a prepared dataset (``--dataset``, default the benchmark sample under data/prepared) and train the
+real tagger classes with their default hyperparameters and training weights; only the test set scores. ``curves``
+trains on nested, class-stratified subsets of the training split (the same jets at every seed; the validation
+and test splits stay whole) and says which taggers still climb between the last two sizes. ``ablation`` blanks
+jet-level columns of ``hl`` (a constant column carries no information: trees never split on it and a standardized
+constant is zero), so the taggers keep their input contract. ``ensemble`` reads the logged test scores of tagger
+runs (e.g. one tagger at several seeds) and scores their mean, with bootstrap errors paired over the same
+resamples, so the gain over the members is measured, not guessed. With ``MLFLOW_TRACKING_URI`` set, one run in the
+``wtag-bench-ceiling`` experiment gets the parameters, the table and the figure.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from wtag import metrics, schema
+from wtag.dataset import PreparedDataset, Split, Standardization, load_prepared
+from wtag.errors import WtagError, exit_status
+from wtag.taggers import TrainConfig, build_tagger
+from wtag.weighting import weighted
+
+EXPERIMENT = "wtag-bench-ceiling"
+# Jet-level columns blanked per ablation row, cumulatively: what the issue asks about (eta separates ttbar from
+# dijet production, pT conditions, the particle count is what mean/attention pooling cannot see past 64).
+ABLATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("all ten", ()),
+    ("without eta", ("jet_eta_ak7",)),
+    ("without eta, pT", ("jet_eta_ak7", "jet_pt_ak7")),
+    ("without eta, pT, ncand", ("jet_eta_ak7", "jet_pt_ak7", "jet_ncand_ak7")),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One training: which tagger, on what, and the test metrics with their bootstrap errors."""
+
+    model: str
+    setting: str
+    n_train: int
+    seed: int
+    result: dict[str, float]
+    seconds: float
+
+
+def nested_subsets(label: np.ndarray, fractions: Sequence[float], seed: int) -> dict[float, np.ndarray]:
+    """Indices of class-stratified training subsets, each containing the smaller ones (one shuffle per class)."""
+    rng = np.random.default_rng(seed)
+    order = {cls: rng.permutation(np.flatnonzero(label == cls)) for cls in np.unique(label)}
+    out = {}
+    for fraction in fractions:
+        if not 0 < fraction <= 1:
+            raise WtagError(f"fraction {fraction} is not in (0, 1]")
+        out[fraction] = np.sort(np.concatenate([idx[:max(1, round(fraction * len(idx)))] for idx in order.values()]))
+    return out
+
+
+def blank_columns(split: Split, columns: Sequence[str]) -> Split:
+    """``split`` with the named ``hl`` columns set to zero (the model inputs keep their shape)."""
+    if not columns:
+        return split
+    if split.hl is None:
+        raise WtagError("the dataset has no 'hl' input to ablate")
+    hl = split.hl.copy()
+    hl[:, [schema.HL_FEATURES.index(c) for c in columns]] = 0.0
+    return dataclasses.replace(split, hl=hl)
+
+
+def train_and_test(model: str, train: Split, val: Split, test: Split, seed: int, n_bootstrap: int) -> tuple[dict, float]:
+    """Fit one tagger (standardization refitted on ``train``) and score the test split."""
+    config = TrainConfig(seed=seed, n_bootstrap=n_bootstrap)
+    tagger = build_tagger(model, config, Standardization.fit(train))
+    start = time.perf_counter()
+    tagger.fit(weighted(train, config.weighting), weighted(val, config.weighting))
+    seconds = time.perf_counter() - start
+    scores = np.asarray(tagger.predict(test.inputs(tagger.inputs)), dtype=np.float64)
+    return metrics.summary(test.label, scores, test.msd, n_bootstrap=n_bootstrap, seed=seed), seconds
+
+
+def run_grid(ds: PreparedDataset, models: Sequence[str], settings: Sequence[tuple[str, Callable[[], tuple]]],
+             seeds: Sequence[int], n_bootstrap: int) -> list[Point]:
+    points = []
+    total = len(models) * len(settings) * len(seeds)
+    for model in models:
+        for setting, splits in settings:
+            train, val, test = splits()
+            for seed in seeds:
+                result, seconds = train_and_test(model, train, val, test, seed, n_bootstrap)
+                points.append(Point(model, setting, len(train), seed, result, seconds))
+                print(f"[{len(points)}/{total}] {model:>5} {setting:>24} seed {seed}: r50 {result['test_r50']:.1f} "
+                      f"+- {result['test_r50_err']:.1f}, auc {result['test_auc']:.4f} ({seconds:.0f} s)",
+                      file=sys.stderr, flush=True)
+    return points
+
+
+def aggregate(points: Sequence[Point], key: str = "test_r50") -> dict[tuple[str, str], dict[str, float]]:
+    """Per (model, setting): mean, seed std, mean bootstrap error, and the error of the mean."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for model, setting in dict.fromkeys((p.model, p.setting) for p in points):
+        group = [p for p in points if (p.model, p.setting) == (model, setting)]
+        values = np.array([p.result[key] for p in group])
+        boot = np.array([p.result[f"{key}_err"] for p in group])
+        seed_std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        # Error of the mean over seeds: the seed spread when measured, else the bootstrap error of one run.
+        mean_err = (seed_std if len(values) > 1 else float(boot.mean())) / np.sqrt(len(values))
+        out[(model, setting)] = {"mean": float(values.mean()), "seed_std": seed_std, "boot": float(boot.mean()),
+                                 "mean_err": float(mean_err), "n_train": float(group[0].n_train),
+                                 "seconds": float(np.mean([p.seconds for p in group])), "n": float(len(group))}
+    return out
+
+
+def table(points: Sequence[Point], title: str) -> str:
+    r50, auc = aggregate(points), aggregate(points, "test_auc")
+    lines = [title, "", "| tagger | training | training jets | test_r50 per seed | r50 mean +- seed std "
+             "(+- error of mean) | test_auc mean +- seed std | train time [s] |", "|---|---|---:|---|---:|---:|---:|"]
+    for (model, setting), r in r50.items():
+        per_seed = ", ".join(f"{p.result['test_r50']:.1f} +- {p.result['test_r50_err']:.1f}" for p in points
+                             if (p.model, p.setting) == (model, setting))
+        a = auc[(model, setting)]
+        lines.append(f"| {model} | {setting} | {int(r['n_train']):,} | {per_seed} | {r['mean']:.1f} +- "
+                     f"{r['seed_std']:.1f} (+- {r['mean_err']:.1f}) | {a['mean']:.4f} +- {a['seed_std']:.4f} | "
+                     f"{r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def curve_verdicts(points: Sequence[Point], fractions: Sequence[float]) -> str:
+    """Per tagger: the gain from the second-largest to the largest training set, in units of its error."""
+    r50 = aggregate(points)
+    last, before = (f"{f:g}" for f in sorted(fractions)[-1:-3:-1])
+    lines = ["| tagger | r50 gain, last doubling | significance | still climbing (> 2 sigma) |", "|---|---:|---:|---|"]
+    for model in dict.fromkeys(p.model for p in points):
+        if (model, last) not in r50 or (model, before) not in r50:
+            continue
+        hi, lo = r50[(model, last)], r50[(model, before)]
+        gain, err = hi["mean"] - lo["mean"], float(np.hypot(hi["mean_err"], lo["mean_err"]))
+        sig = gain / err if err > 0 else float("inf")
+        lines.append(f"| {model} | {gain:+.1f} +- {err:.1f} | {sig:+.1f} sigma | {'yes' if sig > 2 else 'no'} |")
+    return "\n".join(lines)
+
+
+def plot_curves(points: Sequence[Point], path: Path) -> Path:
+    """The learning curves: per tagger, mean r50 over seeds with the error of that mean."""
+    from wtag.plots import plot_learning_curves
+
+    r50 = aggregate(points)
+    curves = {}
+    for model in dict.fromkeys(p.model for p in points):
+        rows = sorted((r["n_train"], r["mean"], r["mean_err"]) for (m, _), r in r50.items() if m == model)
+        curves[model] = tuple(list(c) for c in zip(*rows))
+    return plot_learning_curves(curves, path)
+
+
+def log_to_mlflow(mode: str, args: argparse.Namespace, ds: PreparedDataset, text: str, figure: Path | None) -> None:
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    import mlflow
+
+    from wtag.tracking import configure
+
+    configure(os.environ["MLFLOW_TRACKING_URI"], EXPERIMENT)
+    with mlflow.start_run(run_name=f"ceiling-{mode}"):
+        mlflow.log_params({"mode": mode, "models": ",".join(args.models), "seeds": ",".join(map(str, args.seeds)),
+                           "fractions": ",".join(map(str, args.fractions)), "dataset_digest": ds.digest,
+                           "dataset": str(ds.root), "n_bootstrap": args.n_bootstrap})
+        mlflow.log_text(text, f"ceiling_{mode}.md")
+        if figure is not None:
+            mlflow.log_artifact(str(figure), "plots")
+
+
+def default_dataset(data_dir: Path) -> Path:
+    """The prepared benchmark sample (the largest prepared pythia dataset when several exist)."""
+    candidates = [p for p in (data_dir / "prepared").glob("pythia-*") if (p / "manifest.json").is_file()]
+    if not candidates:
+        raise WtagError(f"no prepared dataset under {data_dir / 'prepared'}; run `wtag prepare --sample benchmark`")
+    return max(candidates, key=lambda p: (p / "train.npz").stat().st_size)
+
+
+def export_ensemble(group: Sequence[str], label: np.ndarray, mean_native: np.ndarray, path: Path) -> str:
+    """Write the group as one ONNX graph (wtag.onnx_export.ensemble_graph) and compare its ONNX Runtime scores
+    on the whole test set with the mean of the members' logged native scores."""
+    import onnx
+
+    from wtag.fileio import atomic_path
+    from wtag.onnx_export import create_session, ensemble_graph, to_onnx_with_metadata
+    from wtag.runs import find_dataset, load_tagger, tagger_run
+
+    members, ds = [], None
+    for run_id in group:
+        source = tagger_run(run_id)
+        ds = find_dataset(source.info.experiment_id, source.data.params["dataset_digest"])
+        members.append(to_onnx_with_metadata(load_tagger(source, ds), run_id, ds.digest))
+    model = ensemble_graph(members)
+    names = [i.name for i in model.graph.input]
+    session = create_session(model.SerializeToString(), device="cpu")
+    inputs = ds.test.inputs(names)
+    onnx_scores = np.concatenate([session.run([schema.OUTPUT_SCORE], {k: np.ascontiguousarray(v[i:i + 8192],
+                                                                                                dtype=np.float32)
+                                                                      for k, v in inputs.items()})[0]
+                                  for i in range(0, len(label), 8192)])
+    if not np.array_equal(ds.test.label, label):
+        raise WtagError("the members' logged test scores are not in the prepared test set's order")
+    diff = float(np.max(np.abs(onnx_scores.astype(np.float64) - mean_native)))
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return (f"ONNX ensemble of {len(group)} graphs (inputs {', '.join(names)}) written to {path}: "
+            f"{path.stat().st_size:,} bytes, max |ONNX - mean of native scores| over {len(label):,} test jets "
+            f"{diff:.2e}")
+
+
+def ensemble_table(groups: Sequence[Sequence[str]], n_bootstrap: int, seed: int,
+                   onnx_path: Path | None = None) -> str:
+    """Per group of tagger runs: each member's and the mean score's test r50, and the paired gain of the mean
+    over the average member and over the best member (same bootstrap resamples for all); with ``onnx_path`` the
+    (single) group is also written as one ONNX graph and checked against the mean of the native scores."""
+    from wtag.runs import read_test_arrays
+
+    if onnx_path is not None and len(groups) != 1:
+        raise WtagError(f"--onnx writes one ensemble; got {len(groups)} groups of runs")
+    lines_onnx: list[str] = []
+
+    lines = ["| runs | members' test_r50 (+- bootstrap) | ensemble test_r50 | ensemble - mean member | "
+             "ensemble - best member | ensemble test_auc |", "|---|---|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory(prefix="wtag-ensemble-") as tmp:
+        for group in groups:
+            arrays = [read_test_arrays(run, Path(tmp) / run) for run in group]
+            label, _, msd = arrays[0]
+            if any(len(a[0]) != len(label) or not np.array_equal(a[0], label) for a in arrays):
+                raise WtagError(f"runs {', '.join(group)} were not tested on the same jets")
+            scores = {run: a[1].astype(np.float64) for run, a in zip(group, arrays, strict=True)}
+            scores["mean"] = np.mean(list(scores.values()), axis=0)
+            boot = {name: b["r50"] for name, b in metrics.bootstrap(label, msd, scores, n_bootstrap, seed).items()}
+            point = {name: metrics.background_rejection(label, s, 0.5) for name, s in scores.items()}
+            members = [run for run in group]
+            best = max(members, key=lambda run: point[run])
+            member_mean = np.mean([boot[run] for run in members], axis=0)
+            gain_mean = point["mean"] - np.mean([point[run] for run in members])
+            gain_best = point["mean"] - point[best]
+            err_mean = metrics.spread(boot["mean"] - member_mean)
+            err_best = metrics.spread(boot["mean"] - boot[best])
+            if onnx_path is not None:
+                lines_onnx.append(export_ensemble(group, label, scores["mean"], onnx_path))
+            lines.append(
+                f"| {', '.join(run[:8] for run in group)} | "
+                + ", ".join(f"{point[run]:.1f} +- {metrics.spread(boot[run]):.1f}" for run in members)
+                + f" | {point['mean']:.1f} +- {metrics.spread(boot['mean']):.1f} | {gain_mean:+.1f} +- {err_mean:.1f} "
+                f"({gain_mean / err_mean:+.1f} sigma) | {gain_best:+.1f} +- {err_best:.1f} ({gain_best / err_best:+.1f} "
+                f"sigma) | {metrics.roc_auc(label, scores['mean']):.4f} |")
+    return "\n".join(lines + ([""] if lines_onnx else []) + lines_onnx)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/ceiling.py", description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("curves", "ablation", "ensemble"))
+    parser.add_argument("--dataset", type=Path, help="prepared dataset directory (default: the benchmark sample)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--models", type=lambda s: s.split(","), default=None,
+                        help="comma-separated taggers (default: bdt,dnn,pfn for curves; bdt,dnn for ablation)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--subset-seed", type=int, default=0, help="seed of the nested training subsets")
+    parser.add_argument("--n-bootstrap", type=int, default=200)
+    parser.add_argument("--runs", action="append", type=lambda s: s.split(","), default=[],
+                        help="ensemble: comma-separated tagger run ids scored as one mean (repeat for more groups)")
+    parser.add_argument("--onnx", type=Path, help="ensemble: write the (one) group as a single ONNX graph here")
+    args = parser.parse_args(argv)
+    args.models = args.models or (["bdt", "dnn", "pfn"] if args.mode == "curves" else ["bdt", "dnn"])
+
+    def run() -> int:
+        if args.mode == "ensemble":
+            if not args.runs or not os.environ.get("MLFLOW_TRACKING_URI"):
+                raise WtagError("ensemble needs --runs and MLFLOW_TRACKING_URI (the server holding the runs)")
+            print(ensemble_table(args.runs, args.n_bootstrap, seed=0, onnx_path=args.onnx))
+            return 0
+        ds = load_prepared(args.dataset or default_dataset(args.data_dir))
+        header = (f"dataset {ds.root.name} ({ds.digest[:8]}): train {len(ds.train):,}, val {len(ds.val):,}, "
+                  f"test {len(ds.test):,} ({int(ds.test.label.sum()):,} W); seeds {args.seeds}; {os.cpu_count()} "
+                  f"cores, load average {os.getloadavg()[0]:.1f} at the start")
+        figure = None
+        if args.mode == "curves":
+            subsets = nested_subsets(ds.train.label, args.fractions, args.subset_seed)
+            settings = [(f"{f:g}", lambda idx=idx: (ds.train.subset(idx), ds.val, ds.test))
+                        for f, idx in subsets.items()]
+            points = run_grid(ds, args.models, settings, args.seeds, args.n_bootstrap)
+            text = "\n\n".join([table(points, header), curve_verdicts(points, args.fractions)])
+            figure = plot_curves(points, Path(tempfile.mkdtemp(prefix="wtag-ceiling-")) / "learning_curves.png")
+        else:
+            settings = [(name, lambda cols=cols: tuple(blank_columns(s, cols) for s in (ds.train, ds.val, ds.test)))
+                        for name, cols in ABLATIONS]
+            points = run_grid(ds, args.models, settings, args.seeds, args.n_bootstrap)
+            text = table(points, header)
+        print(text + f"\n\nload average {os.getloadavg()[0]:.1f} at the end")
+        log_to_mlflow(args.mode, args, ds, text, figure)
+        return 0
+
+    return exit_status(run, parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
