@@ -419,7 +419,7 @@ def test_ensemble_graph_scores_the_mean_of_its_members() -> None:
     from onnx import version_converter
     from onnx_models import N_HL, N_PART, hl_model, hl_particles_model
 
-    from wtag.onnx_export import create_session, ensemble_graph
+    from wtag.onnx_export import MEMBERS_META, create_session, ensemble_graph
 
     def member(model: onnx.ModelProto, run_id: str, digest: str = "d1", cost: str = "100") -> onnx.ModelProto:
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
@@ -444,7 +444,7 @@ def test_ensemble_graph_scores_the_mean_of_its_members() -> None:
     props = {p.key: p.value for p in ensemble.metadata_props}
     assert json.loads(props[schema.Meta.INPUTS]) == [schema.INPUT_HL, schema.INPUT_PARTICLES]
     assert props[schema.Meta.TAGGER] == "ensemble" and props[schema.Meta.FAMILY] == "hybrid"
-    assert [m["run_id"] for m in json.loads(props[schema.Meta.MEMBERS])] == ["run-a", "run-b", "run-c"]
+    assert [m["run_id"] for m in json.loads(props[MEMBERS_META])] == ["run-a", "run-b", "run-c"]
     assert props[schema.Meta.RUN_ID] == "run-a,run-b,run-c" and props[schema.Meta.BYTES_PER_JET] == "450"
     assert max(e.version for e in ensemble.opset_import if e.domain == "") == 15
     seeds = ensemble_graph([member(hl_model(seed=1), "s1"), member(hl_model(seed=2), "s2")])

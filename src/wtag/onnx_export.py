@@ -148,6 +148,10 @@ def to_onnx_with_metadata(tagger: Any, run_id: str, dataset_digest: str) -> Any:
 
 
 ENSEMBLE_TAGGER = "ensemble"
+# Ensemble graphs only: JSON list of {"tagger", "run_id"}, the member graphs whose scores are averaged. Kept out of
+# wtag.schema on purpose: schema.py is part of the generator's provenance (wtag.sources.pythia), so any edit there
+# invalidates every generated chunk.
+MEMBERS_META = "wtag.members"
 
 
 def ensemble_graph(members: Sequence[Any]) -> Any:
@@ -207,7 +211,7 @@ def ensemble_graph(members: Sequence[Any]) -> Any:
     meta = {**props[0], Meta.TAGGER: ENSEMBLE_TAGGER, Meta.INPUTS: json.dumps(names),
             Meta.FAMILY: ENSEMBLE_TAGGER if len({p.get(Meta.TAGGER) for p in props}) == 1 else "hybrid",
             Meta.RUN_ID: ",".join(run_ids),
-            Meta.MEMBERS: json.dumps([{"tagger": p.get(Meta.TAGGER, ""), "run_id": p.get(Meta.RUN_ID, "")}
+            MEMBERS_META: json.dumps([{"tagger": p.get(Meta.TAGGER, ""), "run_id": p.get(Meta.RUN_ID, "")}
                                       for p in props])}
     costs = [p.get(Meta.BYTES_PER_JET) for p in props]
     meta.pop(Meta.BYTES_PER_JET, None)

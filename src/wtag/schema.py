@@ -125,7 +125,6 @@ class Meta:
     DATASET_DIGEST = "wtag.dataset_digest"
     RUN_ID = "wtag.run_id"
     BYTES_PER_JET = "wtag.bytes_per_jet"  # memory one jet costs a run (activations); the server caps runs by it
-    MEMBERS = "wtag.members"  # ensembles: JSON list of {"tagger", "run_id"}, the graphs whose scores are averaged
 
 
 class Tag:
