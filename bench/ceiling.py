@@ -222,43 +222,49 @@ def export_ensemble(group: Sequence[str], label: np.ndarray, mean_native: np.nda
 
 def ensemble_table(groups: Sequence[Sequence[str]], n_bootstrap: int, seed: int,
                    onnx_path: Path | None = None) -> str:
-    """Per group of tagger runs: each member's and the mean score's test r50, and the paired gain of the mean
-    over the average member and over the best member (same bootstrap resamples for all); with ``onnx_path`` the
-    (single) group is also written as one ONNX graph and checked against the mean of the native scores."""
+    """Per group of tagger runs: each member's and the mean score's test r50, the paired gain of the mean over the
+    average member, over the best member, and over the first group's mean (one bootstrap, the same resamples for
+    every score); with ``onnx_path`` the (single) group is also written as one ONNX graph and checked against the
+    mean of the native scores."""
     from wtag.runs import read_test_arrays
 
     if onnx_path is not None and len(groups) != 1:
         raise WtagError(f"--onnx writes one ensemble; got {len(groups)} groups of runs")
-    lines_onnx: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="wtag-ensemble-") as tmp:
+        arrays = {run: read_test_arrays(run, Path(tmp) / run) for run in dict.fromkeys(r for g in groups for r in g)}
+    label, _, msd = next(iter(arrays.values()))
+    if any(not np.array_equal(a[0], label) for a in arrays.values()):
+        raise WtagError(f"runs {', '.join(arrays)} were not all tested on the same jets")
+    scores = {run: a[1].astype(np.float64) for run, a in arrays.items()}
+    means = [f"mean{i}" for i in range(len(groups))]
+    for name, group in zip(means, groups, strict=True):
+        scores[name] = np.mean([scores[run] for run in group], axis=0)
+    boot = {name: b["r50"] for name, b in metrics.bootstrap(label, msd, scores, n_bootstrap, seed).items()}
+    point = {name: metrics.background_rejection(label, s, 0.5) for name, s in scores.items()}
+
+    def gain(name: str, other: str | list[str]) -> str:
+        others = [other] if isinstance(other, str) else other
+        value = point[name] - np.mean([point[o] for o in others])
+        err = metrics.spread(boot[name] - np.mean([boot[o] for o in others], axis=0))
+        return f"{value:+.1f} +- {err:.1f} ({value / err:+.1f} sigma)"
+
+    def ratio(name: str, other: str) -> str:
+        err = metrics.spread(boot[name] / boot[other])
+        return f"{point[name] / point[other]:.2f} +- {err:.2f}"
 
     lines = ["| runs | members' test_r50 (+- bootstrap) | ensemble test_r50 | ensemble - mean member | "
-             "ensemble - best member | ensemble test_auc |", "|---|---|---:|---:|---:|---:|"]
-    with tempfile.TemporaryDirectory(prefix="wtag-ensemble-") as tmp:
-        for group in groups:
-            arrays = [read_test_arrays(run, Path(tmp) / run) for run in group]
-            label, _, msd = arrays[0]
-            if any(len(a[0]) != len(label) or not np.array_equal(a[0], label) for a in arrays):
-                raise WtagError(f"runs {', '.join(group)} were not tested on the same jets")
-            scores = {run: a[1].astype(np.float64) for run, a in zip(group, arrays, strict=True)}
-            scores["mean"] = np.mean(list(scores.values()), axis=0)
-            boot = {name: b["r50"] for name, b in metrics.bootstrap(label, msd, scores, n_bootstrap, seed).items()}
-            point = {name: metrics.background_rejection(label, s, 0.5) for name, s in scores.items()}
-            members = [run for run in group]
-            best = max(members, key=lambda run: point[run])
-            member_mean = np.mean([boot[run] for run in members], axis=0)
-            gain_mean = point["mean"] - np.mean([point[run] for run in members])
-            gain_best = point["mean"] - point[best]
-            err_mean = metrics.spread(boot["mean"] - member_mean)
-            err_best = metrics.spread(boot["mean"] - boot[best])
-            if onnx_path is not None:
-                lines_onnx.append(export_ensemble(group, label, scores["mean"], onnx_path))
-            lines.append(
-                f"| {', '.join(run[:8] for run in group)} | "
-                + ", ".join(f"{point[run]:.1f} +- {metrics.spread(boot[run]):.1f}" for run in members)
-                + f" | {point['mean']:.1f} +- {metrics.spread(boot['mean']):.1f} | {gain_mean:+.1f} +- {err_mean:.1f} "
-                f"({gain_mean / err_mean:+.1f} sigma) | {gain_best:+.1f} +- {err_best:.1f} ({gain_best / err_best:+.1f} "
-                f"sigma) | {metrics.roc_auc(label, scores['mean']):.4f} |")
-    return "\n".join(lines + ([""] if lines_onnx else []) + lines_onnx)
+             "ensemble - best member | ensemble - first row's ensemble; ratio | ensemble test_auc |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for i, (name, group) in enumerate(zip(means, groups, strict=True)):
+        best = max(group, key=lambda run: point[run])
+        lines.append(f"| {', '.join(run[:8] for run in group)} | "
+                     + ", ".join(f"{point[run]:.1f} +- {metrics.spread(boot[run]):.1f}" for run in group)
+                     + f" | {point[name]:.1f} +- {metrics.spread(boot[name]):.1f} | {gain(name, list(group))} | "
+                     f"{gain(name, best)} | {f'{gain(name, means[0])}; {ratio(name, means[0])}' if i else ''} | "
+                     f"{metrics.roc_auc(label, scores[name]):.4f} |")
+    if onnx_path is not None:
+        lines += ["", export_ensemble(groups[0], label, scores[means[0]], onnx_path)]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -114,8 +114,8 @@ def _eta_only_dataset(root: Path) -> Path:
     return root
 
 
-def _ceiling(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def _ceiling(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **(env_extra or {})}
     return subprocess.run([sys.executable, str(ROOT / "bench" / "ceiling.py"), *args], capture_output=True, text=True,
                           timeout=300, cwd=ROOT, env=env)
 
@@ -156,3 +156,37 @@ def test_ceiling_curves_train_on_nested_subsets_and_judge_the_last_doubling(tmp_
     assert "| bdt | " in done.stdout.split("still climbing")[1]
     bad = _ceiling("curves", "--dataset", str(data), "--fractions", "0", "--models", "bdt")
     assert bad.returncode == 2 and "fraction 0.0 is not in (0, 1]" in bad.stderr
+
+
+def test_ceiling_ensemble_scores_the_mean_of_logged_test_scores(tracking_uri: str, tmp_path: Path) -> None:
+    """Three noisy 'seeds' logged as tagger runs on the real tracking server: their mean scores better than the
+    average member, the gains are paired, and runs tested on other jets are refused."""
+    import mlflow
+
+    mlflow.set_experiment("wtag-test-ceiling")
+    rng = np.random.default_rng(5)
+    label = (np.arange(6000) % 5 == 0).astype(np.int64)
+    msd = rng.uniform(0, 200, len(label))
+
+    def logged(score: np.ndarray, labels: np.ndarray = label) -> str:
+        with mlflow.start_run() as run:
+            np.savez(tmp_path / schema.Artifact.TEST_SCORES, score=score.astype(np.float32), label=labels, msd=msd)
+            mlflow.log_artifact(str(tmp_path / schema.Artifact.TEST_SCORES))
+        return run.info.run_id
+
+    truth = 1.5 * label + rng.normal(size=len(label))
+    runs = [logged(truth + 1.5 * rng.normal(size=len(label))) for _ in range(3)]
+    done = _ceiling("ensemble", "--runs", runs[0], "--runs", ",".join(runs), "--n-bootstrap", "50",
+                    env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, ensemble = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith(f"| {runs[0][:8]}")]
+    members = [float(v.split(" +- ")[0]) for v in ensemble[1].split(", ")]
+    assert float(ensemble[2].split(" +- ")[0]) > max(members)  # independent noise averages out
+    assert float(ensemble[3].split(" +- ")[0]) > 0 and "sigma" in ensemble[3]
+    assert first[5] == "" and "; " in ensemble[5]  # the second row is compared with the first (a single run)
+    other = logged(truth, labels=1 - label)
+    bad = _ceiling("ensemble", "--runs", f"{runs[0]},{other}", env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
+    assert bad.returncode == 2 and "were not all tested on the same jets" in bad.stderr
+    two = _ceiling("ensemble", "--runs", runs[0], "--runs", runs[1], "--onnx", str(tmp_path / "e.onnx"),
+                   env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
+    assert two.returncode == 2 and "--onnx writes one ensemble; got 2 groups" in two.stderr
