@@ -70,6 +70,15 @@ def test_plot_training_curves(tmp_path: Path) -> None:
         plots.plot_training_curves({"val_auc": [0.9]}, tmp_path / "x.png", "dnn")
 
 
+def test_plot_learning_curves(tmp_path: Path) -> None:
+    path = tmp_path / "learning.png"
+    curves = {"bdt": ([6000, 12000, 25000, 50000], [80.0, 95.0, 105.0, 114.0], [3.0, 2.5, 2.0, 2.5]),
+              "pfn": ([6000, 12000, 25000, 50000], [40.0, 60.0, 85.0, 118.0], [5.0, 6.0, 8.0, 9.0])}
+    _check_png(path, plots.plot_learning_curves(curves, path))
+    with pytest.raises(WtagError, match="no taggers"):
+        plots.plot_learning_curves({}, tmp_path / "x.png")
+
+
 def test_plot_feature_importance(tmp_path: Path) -> None:
     path = tmp_path / "imp.png"
     _check_png(path, plots.plot_feature_importance(["msd", "tau21", "pt"], [0.5, 0.4, 0.1], path))
