@@ -107,7 +107,7 @@ def run_grid(ds: PreparedDataset, models: Sequence[str], settings: Sequence[tupl
 
 
 def aggregate(points: Sequence[Point], key: str = "test_r50") -> dict[tuple[str, str], dict[str, float]]:
-    """Per (model, setting): mean, seed std, mean bootstrap error, and the error of the mean."""
+    """Per (model, setting): mean, seed std and the error of the mean."""
     out: dict[tuple[str, str], dict[str, float]] = {}
     for model, setting in dict.fromkeys((p.model, p.setting) for p in points):
         group = [p for p in points if (p.model, p.setting) == (model, setting)]
@@ -116,9 +116,9 @@ def aggregate(points: Sequence[Point], key: str = "test_r50") -> dict[tuple[str,
         seed_std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         # Error of the mean over seeds: the seed spread when measured, else the bootstrap error of one run.
         mean_err = (seed_std if len(values) > 1 else float(boot.mean())) / np.sqrt(len(values))
-        out[(model, setting)] = {"mean": float(values.mean()), "seed_std": seed_std, "boot": float(boot.mean()),
-                                 "mean_err": float(mean_err), "n_train": float(group[0].n_train),
-                                 "seconds": float(np.mean([p.seconds for p in group])), "n": float(len(group))}
+        out[(model, setting)] = {"mean": float(values.mean()), "seed_std": seed_std, "mean_err": float(mean_err),
+                                 "n_train": float(group[0].n_train),
+                                 "seconds": float(np.mean([p.seconds for p in group]))}
     return out
 
 
