@@ -194,7 +194,8 @@ def export_ensemble(group: Sequence[str], label: np.ndarray, mean_native: np.nda
     import onnx
 
     from wtag.fileio import atomic_path
-    from wtag.onnx_export import create_session, ensemble_graph, to_onnx_with_metadata
+    from wtag.inference import OnnxTagger
+    from wtag.onnx_export import ensemble_graph, to_onnx_with_metadata
     from wtag.runs import find_dataset, load_tagger, tagger_run
 
     members, ds = [], None
@@ -203,19 +204,14 @@ def export_ensemble(group: Sequence[str], label: np.ndarray, mean_native: np.nda
         ds = find_dataset(source.info.experiment_id, source.data.params["dataset_digest"])
         members.append(to_onnx_with_metadata(load_tagger(source, ds), run_id, ds.digest))
     model = ensemble_graph(members)
-    names = [i.name for i in model.graph.input]
-    session = create_session(model.SerializeToString(), device="cpu")
-    inputs = ds.test.inputs(names)
-    onnx_scores = np.concatenate([session.run([schema.OUTPUT_SCORE], {k: np.ascontiguousarray(v[i:i + 8192],
-                                                                                                dtype=np.float32)
-                                                                      for k, v in inputs.items()})[0]
-                                  for i in range(0, len(label), 8192)])
+    tagger = OnnxTagger(model.SerializeToString(), device="cpu")  # the server's scorer: batched and checked
+    onnx_scores = tagger.score(ds.test.inputs(tagger.inputs))
     if not np.array_equal(ds.test.label, label):
         raise WtagError("the members' logged test scores are not in the prepared test set's order")
     diff = float(np.max(np.abs(onnx_scores.astype(np.float64) - mean_native)))
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
-    return (f"ONNX ensemble of {len(group)} graphs (inputs {', '.join(names)}) written to {path}: "
+    return (f"ONNX ensemble of {len(group)} graphs (inputs {', '.join(tagger.inputs)}) written to {path}: "
             f"{path.stat().st_size:,} bytes, max |ONNX - mean of native scores| over {len(label):,} test jets "
             f"{diff:.2e}")
 

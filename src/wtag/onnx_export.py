@@ -140,6 +140,13 @@ def to_onnx_with_metadata(tagger: Any, run_id: str, dataset_digest: str) -> Any:
     _name_batch_axis(model)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                         **metadata(tagger, run_id, dataset_digest)})
+    return _checked(model, what)
+
+
+def _checked(model: Any, what: str) -> Any:
+    """``model`` if the ONNX checker accepts it; its first complaint as a WtagError otherwise."""
+    import onnx
+
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -219,11 +226,7 @@ def ensemble_graph(members: Sequence[Any]) -> Any:
         meta[Meta.BYTES_PER_JET] = str(sum(int(float(c)) for c in costs))
     onnx.helper.set_model_props(model, meta)
     check_contract(model, tuple(names), "ensemble")
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise WtagError(f"ensemble: the ONNX graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
-    return model
+    return _checked(model, "ensemble")
 
 
 def _ai_onnx_opset(model: Any) -> int:
