@@ -127,7 +127,7 @@ def check_mlflow_roundtrip(tagger: KerasTagger, split: Split, experiment_id: str
     with mlflow.start_run(experiment_id=experiment_id):
         info = tagger.log_model("model", inputs)
     assert info.flavors.keys() >= {"keras", "python_function"}
-    assert info.signature.inputs.input_names() == [tagger.inputs[0]]
+    assert sorted(info.signature.inputs.input_names()) == sorted(tagger.inputs)
     assert info.saved_input_example_info is not None
     expected = tagger.predict(inputs)
     pyfunc_scores = np.asarray(mlflow.pyfunc.load_model(info.model_uri).predict(dict(inputs)))
@@ -136,8 +136,7 @@ def check_mlflow_roundtrip(tagger: KerasTagger, split: Split, experiment_id: str
     np.testing.assert_allclose(loaded.predict(inputs), expected, atol=1e-6)
     # export starts from the logged model, so the reloaded graph must convert too
     session = ort.InferenceSession(loaded.to_onnx().SerializeToString(), providers=["CPUExecutionProvider"])
-    name = tagger.inputs[0]
-    (onnx_scores,) = session.run(None, {name: inputs[name][:16]})
+    (onnx_scores,) = session.run(None, {name: inputs[name][:16] for name in tagger.inputs})
     np.testing.assert_allclose(onnx_scores, expected[:16], atol=1e-4)
 
 
@@ -147,14 +146,15 @@ def check_onnx_parity(tagger: KerasTagger, split: Split) -> float:
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == list(tagger.inputs)
     assert [o.name for o in session.get_outputs()] == [schema.OUTPUT_SCORE]
-    x = split.inputs(tagger.inputs)[tagger.inputs[0]]
-    assert len(x) >= 257
+    x = split.inputs(tagger.inputs)
+    assert len(split) >= 257
     worst = 0.0
     for n in (1, 257):
-        (onnx_scores,) = session.run(None, {tagger.inputs[0]: x[:n]})
+        batch = {name: array[:n] for name, array in x.items()}
+        (onnx_scores,) = session.run(None, batch)
         assert onnx_scores.shape == (n,)
         assert onnx_scores.dtype == np.float32
-        worst = max(worst, float(np.max(np.abs(onnx_scores - tagger.predict({tagger.inputs[0]: x[:n]})))))
+        worst = max(worst, float(np.max(np.abs(onnx_scores - tagger.predict(batch)))))
     assert worst <= 1e-4
     return worst
 
@@ -171,7 +171,8 @@ class FitSpec:
     epochs: int = 2
 
 
-FIT_SPECS = {"dnn": FitSpec(400, 300, 3), "pfn": FitSpec(400, 300, 3), "cnn": FitSpec(192),
+FIT_SPECS = {"dnn": FitSpec(400, 300, 3), "pfn": FitSpec(400, 300, 3), "pfn_hl": FitSpec(400, 300, 3),
+             "cnn": FitSpec(192),
              "cnn_tutorial": FitSpec(192),
              "lstm": FitSpec(160), "bilstm": FitSpec(160), "particlenet": FitSpec(400, 300, 3),
              "part": FitSpec(400, 300, 3)}

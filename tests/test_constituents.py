@@ -102,3 +102,36 @@ def test_bad_inputs_are_user_errors():
         _features([[1.0, 2.0]], [[0.0, 0.0]], [[0.0, 0.0]], [[211]], [[1, 1]], [0.0], [0.0])
     with pytest.raises(WtagError, match="jet_eta"):
         _features([[1.0]], [[0.0]], [[0.0]], [[211]], [[1]], [0.0, 1.0], [0.0])
+
+
+def test_grooming_columns_of_a_two_prong_jet():
+    """Two hard prongs (a 100 GeV particle; 80 + 50 GeV at dR 0.3 from it) and a soft wide particle that the
+    soft drop of jet_msd_ak7 removes: in_softdrop, the signed prong index and the distances to both axes."""
+    pt = [[100.0, 80.0, 2.0, 1.0, 50.0]]
+    eta = [[0.0, 0.3, 0.65, 0.05, 0.31]]
+    phi = [[0.0, 0.0, -0.3, 0.02, 0.01]]
+    out = _features(pt, eta, phi, [[211, 211, 22, 22, 130]], [[1, -1, 0, 0, 0]], [0.2], [0.0])[0]
+    # rows hardest first: 100, 80, 50, 2, 1 GeV
+    assert out[:5, COL["in_softdrop"]].tolist() == [1.0, 1.0, 1.0, 0.0, 1.0]
+    # the 80 + 50 GeV prong (130 GeV) is the harder one; the 100 GeV particle and the 1 GeV one beside it the softer
+    assert out[:5, COL["prong"]].tolist() == [-1.0, 1.0, 1.0, 0.0, -1.0]
+    hard_eta = (80 * 0.3 + 50 * 0.31) / 130  # close to the pT-weighted centre for nearly collinear particles
+    assert out[1, COL["dr_prong1"]] == pytest.approx(abs(0.3 - hard_eta), abs=2e-3)
+    assert out[0, COL["dr_prong2"]] == pytest.approx(0.0, abs=2e-3)
+    assert out[0, COL["dr_prong1"]] == pytest.approx(math.hypot(hard_eta, 0.004), abs=3e-3)
+    assert out[3, COL["dr_prong2"]] == pytest.approx(math.hypot(0.65, 0.3), abs=2e-3)
+    assert out[:5, COL["log_pt"]].tolist() == pytest.approx(np.log([100, 80, 50, 2, 1]).tolist(), rel=1e-6)
+    assert out[3, COL["log_e"]] == pytest.approx(math.log(2 * math.cosh(0.65)), rel=1e-6)
+    assert out[:5, COL["jet_eta"]].tolist() == pytest.approx([0.2] * 5)
+
+
+def test_log_n_counts_constituents_beyond_the_padded_list():
+    rng = np.random.default_rng(2)
+    n = 100
+    out = _features([rng.uniform(1, 50, n).tolist(), [30.0, 20.0]], [rng.normal(0, 0.2, n).tolist(), [0.0, 0.1]],
+                    [rng.normal(0, 0.2, n).tolist(), [0.0, 0.1]], [[211] * n, [22, 22]], [[1] * n, [0, 0]],
+                    [0.0, 0.0], [0.0, 0.0])
+    assert out.shape[1] == schema.MAX_PARTICLES < n
+    assert np.allclose(out[0, :, COL["log_n"]], math.log(n))
+    assert out[1, :2, COL["log_n"]].tolist() == pytest.approx([math.log(2)] * 2)
+    assert not out[1, 2:].any()  # padding stays all zero

@@ -52,7 +52,8 @@ def test_standardize_rejects_zero_std() -> None:
 
 
 def test_particle_mask_comes_from_raw_pt() -> None:
-    """A row with pt == 0 is padding even if other features are non-zero; padded rows come out as zeros."""
+    """A row with pt == 0 is padding even if other features are non-zero; padded rows come out as zeros; standardized
+    values are clipped to +-5."""
     n_feat = len(schema.PARTICLE_FEATURES)
     s = Standardization(particle_mean=tuple([5.0] * n_feat), particle_std=tuple([2.0] * n_feat))
     raw = keras.Input((schema.MAX_PARTICLES, n_feat))
@@ -60,10 +61,13 @@ def test_particle_mask_comes_from_raw_pt() -> None:
     model = keras.Model(raw, [out, mask])
     x = np.zeros((1, schema.MAX_PARTICLES, n_feat), dtype=np.float32)
     x[0, 0] = 9.0
+    x[0, 0, 1] = 100.0  # 47.5 sigma: clipped to +5
+    x[0, 0, 2] = -20.0  # -12.5 sigma: clipped to -5
     x[0, 1, 1:] = 3.0  # pt == 0: padding, whatever else is there
     values, flags = model.predict(x, verbose=0)
     assert flags[0, :3].tolist() == [True, False, False]
-    np.testing.assert_allclose(values[0, 0], 2.0)
+    np.testing.assert_allclose(values[0, 0, [0, 3]], 2.0)
+    np.testing.assert_allclose(values[0, 0, 1:3], [5.0, -5.0])
     assert not values[0, 1:].any()
 
 

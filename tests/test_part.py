@@ -34,14 +34,17 @@ def _four_vectors(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray) -> np.ndarra
 
 
 def test_pair_features_match_four_vectors() -> None:
-    """ln Delta R, ln kT, ln z, ln m^2 of every real pair i != j; zeros on the diagonal and for padding."""
+    """ln Delta R, ln kT, ln z, ln m^2 and both-in-soft-drop of every real pair i != j; zeros on the diagonal and
+    for padding."""
     rng = np.random.default_rng(3)
     m = 12
     raw = np.zeros((1, P, F), np.float32)
     raw[0, :m, schema.PARTICLE_PT] = rng.exponential(20.0, m) + 1.0
     raw[0, :m, 1] = rng.normal(0.0, 0.3, m)  # deta
     raw[0, :m, 2] = rng.normal(0.0, 0.3, m)  # dphi
-    raw[0, m:, 1:3] = 5.0  # junk on padded rows must not leak in
+    groomed = np.arange(m) % 3 != 0
+    raw[0, :m, schema.PARTICLE_FEATURES.index("in_softdrop")] = groomed
+    raw[0, m:, 1:] = 5.0  # junk on padded rows must not leak in
     inp = keras.Input((P, F))
     mask_f = keras.ops.cast(keras.ops.greater(inp[..., schema.PARTICLE_PT], 0.0), "float32")
     got = keras.Model(inp, pair_features(inp, mask_f)).predict(raw, verbose=0)[0].astype(np.float64)
@@ -58,6 +61,7 @@ def test_pair_features_match_four_vectors() -> None:
             s = p4[i] + p4[j]
             m2 = s[0] ** 2 - s[1] ** 2 - s[2] ** 2 - s[3] ** 2
             pt_min = min(pt[i], pt[j])
-            want = [np.log(dr), np.log(pt_min * dr), np.log(pt_min / (pt[i] + pt[j])), np.log(m2)]
+            want = [np.log(dr), np.log(pt_min * dr), np.log(pt_min / (pt[i] + pt[j])), np.log(m2),
+                    float(groomed[i] and groomed[j])]
             np.testing.assert_allclose(got[i, j], want, atol=2e-3, rtol=1e-3, err_msg=f"pair ({i}, {j})")
     assert not got[m:].any() and not got[:, m:].any()

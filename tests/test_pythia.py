@@ -219,6 +219,32 @@ def test_stale_chunks_are_regenerated_and_matching_ones_kept(tmp_path: Path) -> 
     assert read_provenance(path) == provenance
 
 
+def test_generator_version_covers_what_the_generator_reads() -> None:
+    """Every wtag module the generator's modules import is hashed or holds no physics, and every schema constant
+    they read is among the hashed GENERATOR_SCHEMA values: so no edit that changes a chunk keeps its version, and
+    an edit elsewhere in wtag.schema (model inputs, tag keys) regenerates nothing."""
+    import ast
+    import importlib.util
+
+    no_physics = {"wtag.errors", "wtag.fileio", "wtag.execution", "wtag.codeversion", "wtag.schema"}
+    read: set[str] = set()
+    for module in py.GENERATOR_MODULES:
+        tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("wtag"):
+                for alias in node.names:  # ``from wtag.sources import detector`` imports wtag.sources.detector
+                    name = f"{node.module}.{alias.name}"
+                    if importlib.util.find_spec(node.module).submodule_search_locations is None or \
+                            importlib.util.find_spec(name) is None:
+                        name = node.module
+                    assert name in py.GENERATOR_MODULES or name in no_physics, (
+                        f"{module} imports {name}, which generator_version() does not hash")
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "schema"):
+                read.add(node.attr)
+    assert read and read <= set(py.GENERATOR_SCHEMA), sorted(read - set(py.GENERATOR_SCHEMA))
+    assert len(py.generator_version()) == 16
+
+
 @pytest.mark.slow
 def test_chunk_files_record_their_provenance_and_pool_is_content_addressed(tmp_path: Path) -> None:
     config = py.RunConfig(3, 2.0, True, py.Tuning(pileup_pool=10, qcd_fractions=(0.0, 0.0, 0.0, 1.0)))

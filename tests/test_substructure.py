@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from wtag.errors import WtagError
-from wtag.features.substructure import delta_phi, jets_substructure, safe_ratio, substructure
+from wtag.features.substructure import delta_phi, jets_substructure, safe_ratio, softdrop_prongs, substructure
 
 
 def _p4(pt: float, eta: float, phi: float) -> np.ndarray:
@@ -167,6 +167,39 @@ def test_softdrop_removes_a_soft_wide_constituent():
     out = substructure(ak.Array([[100.0, 5.0]]), ak.Array([[0.0, 0.4]]), ak.Array([[0.0, 0.3]]))
     assert out["jet_mass_ak7"][0] > 5.0
     assert out["jet_msd_ak7"][0] == 0.0
+
+
+def test_softdrop_prongs_make_the_groomed_mass():
+    """The two prongs' constituents are exactly the groomed jet: their invariant mass is jet_msd_ak7, and the
+    harder prong has the larger pT; what grooming removes is in neither."""
+    rng = np.random.default_rng(9)
+    pt, eta, phi = _random_jets(rng, 30, max_n=60, phi0=3.05)
+    msd = substructure(pt, eta, phi)["jet_msd_ak7"]
+    prong, axes = softdrop_prongs(pt, eta, phi)
+    offsets = np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(pt)))])
+    flat = [ak.to_numpy(ak.flatten(a)) for a in (pt, eta, phi)]
+    assert np.any(prong == 0) and np.any(prong == 2)
+    for i in range(len(pt)):
+        p, e, f = (a[offsets[i]:offsets[i + 1]] for a in flat)
+        k = prong[offsets[i]:offsets[i + 1]]
+        four = np.stack([p * np.cosh(e), p * np.cos(f), p * np.sin(f), p * np.sinh(e)], axis=-1)
+        kept = four[k > 0].sum(axis=0)
+        mass = math.sqrt(max(kept[0] ** 2 - kept[1] ** 2 - kept[2] ** 2 - kept[3] ** 2, 0.0))
+        assert mass == pytest.approx(msd[i], rel=1e-7, abs=1e-4), i
+        if msd[i] > 0:
+            pts = [np.hypot(*four[k == n, 1:3].sum(axis=0)) for n in (1, 2)]
+            assert pts[0] >= pts[1] > 0
+            axis_phi = math.atan2(four[k == 1, 2].sum(), four[k == 1, 1].sum())
+            assert axes[i, 0, 1] == pytest.approx(axis_phi, abs=1e-9)
+
+
+def test_softdrop_prongs_of_small_jets():
+    prong, axes = softdrop_prongs(ak.Array([[], [50.0], [100.0, 5.0]]), ak.Array([[], [1.0], [0.0, 0.4]]),
+                                  ak.Array([[], [2.0], [0.0, 0.3]]))
+    assert prong.tolist() == [1, 1, 0]  # one constituent: prong 1; z = 0.048 < 0.1: the soft one is groomed away
+    assert axes[0].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert axes[1].tolist() == [[1.0, 2.0], [1.0, 2.0]]
+    np.testing.assert_allclose(axes[2], [[0.0, 0.0], [0.0, 0.0]], atol=1e-12)
 
 
 def test_jets_with_fewer_than_two_constituents():

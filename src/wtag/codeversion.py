@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -24,10 +25,25 @@ def _sources(name: str) -> list[Path]:
     return [origin]
 
 
-def code_version(modules: Sequence[str], packages: Sequence[str] = ()) -> str:
-    """A 16-hex digest of the source of ``modules`` (packages: all their ``.py`` files) and the installed
-    versions of the distributions ``packages``."""
+def _canonical(value: object) -> object:
+    """JSON-able and independent of set iteration order (which changes with the process's hash seed)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(_canonical(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return value
+
+
+def code_version(modules: Sequence[str], packages: Sequence[str] = (), values: Mapping[str, object] | None = None
+                 ) -> str:
+    """A 16-hex digest of the source of ``modules`` (packages: all their ``.py`` files), the installed
+    versions of the distributions ``packages`` and the constants ``values`` (names to values: the part of a
+    shared module the code depends on, so that edits elsewhere in that module do not count)."""
     digest = hashlib.sha256()
+    if values:
+        digest.update(json.dumps(_canonical(values), sort_keys=True).encode())
     for name in sorted(set(modules)):
         for path in _sources(name):
             digest.update(f"{name}:{path.name}\0".encode())

@@ -84,6 +84,14 @@ PARTICLE_FEATURES = (
     "is_photon",
     "is_electron",
     "is_muon",
+    "log_pt",  # log(pt / GeV)
+    "log_e",  # log(E / GeV), E = pt cosh(eta) (massless constituents)
+    "in_softdrop",  # 1 if the particle survives the soft drop of jet_msd_ak7 (beta 0, z_cut 0.1), else 0
+    "prong",  # +1 in the groomed jet's harder prong, -1 in the softer, 0 groomed away
+    "dr_prong1",  # dR(eta, phi) to the harder prong's axis
+    "dr_prong2",  # dR to the softer prong's axis (the harder one's when grooming keeps one particle)
+    "log_n",  # log of the jet's number of constituents (all of them, not only the first MAX_PARTICLES)
+    "jet_eta",  # the jet's eta, as the hl taggers see it
 )
 MAX_PARTICLES = 64
 

@@ -3,6 +3,9 @@
 Columns follow ``schema.PARTICLE_FEATURES``. ``log_pt_rel`` is log(pT / jet pT) with the jet pT taken as the pT of
 the constituents' four-vector sum, not the stored (JES-corrected, for CMS) ``jet_pt_ak7``, so simulated and
 real jets give the same value for the same constituents; ``deta``/``dphi`` are relative to the given jet axis.
+The grooming columns come from the soft drop that defines ``jet_msd_ak7``
+(:func:`wtag.features.substructure.softdrop_prongs`), so a particle model sees which particles make the groomed
+mass; ``log_n`` counts every constituent, also those beyond the padded list's ``max_particles``.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import numpy as np
 
 from wtag import schema
 from wtag.errors import WtagError
-from wtag.features.substructure import delta_phi, flat_constituents
+from wtag.features.substructure import delta_phi, flat_constituents, softdrop_prongs
 
 # |PDG id| -> feature column set to 1; other ids fall back on the charge (charged or neutral hadron).
 FLAG_BY_ID = {
@@ -68,6 +71,7 @@ def particle_features(
     rank[order] = np.arange(len(order)) - starts[jet[order]]
     keep = rank < max_particles
 
+    prong, axes = softdrop_prongs(pt, eta, phi)
     jet_pt = np.hypot(
         np.bincount(jet, weights=pt_f * np.cos(phi_f), minlength=n_jets),
         np.bincount(jet, weights=pt_f * np.sin(phi_f), minlength=n_jets),
@@ -81,6 +85,14 @@ def particle_features(
         "log_pt_rel": _log_ratio(pt_f, jet_pt[jet]),
         "dr": np.hypot(deta, dphi),
         "charge": charge_f,
+        "log_pt": _log_ratio(pt_f, np.ones(len(pt_f))),
+        "log_e": _log_ratio(pt_f * np.cosh(eta_f), np.ones(len(pt_f))),
+        "in_softdrop": (prong > 0).astype(np.float64),
+        "prong": np.select([prong == 1, prong == 2], [1.0, -1.0], 0.0),
+        "dr_prong1": np.hypot(eta_f - axes[jet, 0, 0], delta_phi(phi_f - axes[jet, 0, 1])),
+        "dr_prong2": np.hypot(eta_f - axes[jet, 1, 0], delta_phi(phi_f - axes[jet, 1, 1])),
+        "log_n": np.log(counts[jet].astype(np.float64)),
+        "jet_eta": jet_eta[jet],
     }
     known = np.zeros(len(pt_f), dtype=bool)
     for code, name in FLAG_BY_ID.items():

@@ -82,31 +82,69 @@ def _segment_sum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.bincount(jet, weights=values, minlength=len(counts))
 
 
-def _softdrop_mass(
-    px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray, offsets: np.ndarray, jets: np.ndarray
-) -> np.ndarray:
-    """Soft-drop mass of each listed jet (two or more constituents), one C/A tree per jet.
+def _groomed_trees(px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray, offsets: np.ndarray,
+                   jets: np.ndarray):
+    """For each listed jet (two or more constituents): (position in ``jets``, groomed node, its two prongs), the
+    prongs None when no declustering passes soft drop (the groomed jet is then its hardest single constituent).
 
     fastjet's awkward ``exclusive_jets_softdrop_grooming`` costs about 2 ms per jet, so this builds each jet's C/A
     tree with FastJet's classic (SWIG) interface and walks it in Python. The constituents are made with SWIG's
     low-level ``new_PseudoJet``: 15x cheaper than the proxy class, and 3x cheaper to hand to ``ClusterSequence``.
+    A yielded node lives only until the next one: its ClusterSequence is replaced then.
     """
     definition = fastjet.JetDefinition(fastjet.cambridge_algorithm, RECLUSTER_R)
     new_pseudojet = fastjet._swig._fastjet_swig.new_PseudoJet
     momenta = list(zip(px.tolist(), py.tolist(), pz.tolist(), e.tolist()))
-    out = np.zeros(len(jets))
     parent1, parent2 = fastjet.PseudoJet(), fastjet.PseudoJet()
     for k, jet in enumerate(jets.tolist()):
         particles = [new_pseudojet(*p) for p in momenta[offsets[jet] : offsets[jet + 1]]]
         sequence = fastjet.ClusterSequence(particles, definition)  # must outlive the walk over its tree
         node = sequence.exclusive_jets(1)[0]
+        prongs = None
         while node.has_parents(parent1, parent2):
             pt1, pt2 = parent1.pt(), parent2.pt()
             if min(pt1, pt2) / (pt1 + pt2) > SOFTDROP_ZCUT:
-                out[k] = np.sqrt(max(node.m2(), 0.0))
+                prongs = (parent1, parent2) if pt1 >= pt2 else (parent2, parent1)
                 break
             node = fastjet.PseudoJet(parent1 if pt1 >= pt2 else parent2)
+        yield k, node, prongs
+
+
+def _softdrop_mass(
+    px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray, offsets: np.ndarray, jets: np.ndarray
+) -> np.ndarray:
+    """Soft-drop mass of each listed jet (two or more constituents); 0 when no declustering passes."""
+    out = np.zeros(len(jets))
+    for k, node, prongs in _groomed_trees(px, py, pz, e, offsets, jets):
+        if prongs is not None:
+            out[k] = np.sqrt(max(node.m2(), 0.0))
     return out
+
+
+def softdrop_prongs(pt: ak.Array, eta: ak.Array, phi: ak.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Which soft-drop prong each constituent belongs to, and the prong axes, with the grooming of ``jet_msd_ak7``.
+
+    Returns ``prong`` (flat, one entry per constituent in input order): 1 in the harder prong of the groomed jet,
+    2 in the softer, 0 removed by grooming; and ``axes`` (N, 2, 2): (eta, phi) of the harder and softer prong.
+    A jet whose grooming keeps a single constituent has that constituent as prong 1 and both axes on it; a jet
+    without constituents has axes 0.
+    """
+    pt_f, eta_f, phi_f, counts = flat_constituents(pt, eta, phi)
+    px, py, pz, e = _four_vector(pt_f, eta_f, phi_f)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    prong = np.zeros(len(pt_f), dtype=np.int8)
+    axes = np.zeros((len(counts), 2, 2))
+    single = np.flatnonzero(counts == 1)
+    prong[offsets[single]] = 1
+    axes[single] = np.stack([eta_f[offsets[single]], phi_f[offsets[single]]], axis=-1)[:, None, :]
+    many = np.flatnonzero(counts >= 2)
+    for k, node, prongs in _groomed_trees(px, py, pz, e, offsets, many):
+        first = offsets[many[k]]
+        for index, subjet in enumerate(prongs if prongs is not None else (node,)):
+            # An input particle's history index is its position in the list given to ClusterSequence.
+            prong[[first + c.cluster_hist_index() for c in subjet.constituents()]] = index + 1
+            axes[many[k], index:] = subjet.eta(), subjet.phi_std()
+    return prong, axes
 
 
 def _exclusive_jets_up_to(cluster: fastjet.ClusterSequence, n: int) -> ak.Array:

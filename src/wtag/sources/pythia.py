@@ -481,14 +481,20 @@ def plan_chunks(process: str, n_jets: int, seed: int, output: Path, chunk_jets: 
     return specs
 
 
-GENERATOR_MODULES = ("wtag.sources.pythia", "wtag.sources.detector", "wtag.features", "wtag.jets", "wtag.schema")
+# The modules the generator runs, and the schema constants it reads: the rest of ``wtag.schema`` and of
+# ``wtag.features`` (model inputs, tag keys, per-particle features) does not change a chunk, so editing it
+# must not regenerate the samples.
+GENERATOR_MODULES = ("wtag.sources.pythia", "wtag.sources.detector", "wtag.features.substructure", "wtag.jets")
+GENERATOR_SCHEMA = ("TREE_NAME", "JET_R", "JET_ETA_MAX", "JET_PT_MIN", "JET_PT_MAX", "JET_BRANCHES", "EVENT_BRANCHES",
+                    "INT_BRANCHES", "CAND_BRANCHES", "INT_CAND_BRANCHES", "PROCESSES")
 GENERATOR_PACKAGES = ("pythia8mc", "fastjet", "numpy", "awkward", "vector")
 
 
 @functools.cache
 def generator_version() -> str:
     """Digest of the generator's code and physics packages; recorded in every chunk and pileup pool."""
-    return code_version(GENERATOR_MODULES, GENERATOR_PACKAGES)
+    return code_version(GENERATOR_MODULES, GENERATOR_PACKAGES,
+                        values={name: getattr(schema, name) for name in GENERATOR_SCHEMA})
 
 
 def chunk_provenance(spec: ChunkSpec, config: RunConfig, version: str) -> str:

@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "lstm": "wtag.taggers.recurrent:LSTMTagger",
     "bilstm": "wtag.taggers.recurrent:BiLSTMTagger",
     "pfn": "wtag.taggers.particle:PFNTagger",
+    "pfn_hl": "wtag.taggers.particle:PFNHLTagger",
     "particlenet": "wtag.taggers.particlenet:ParticleNetTagger",
     "part": "wtag.taggers.part:ParticleTransformerTagger",
 }

@@ -53,6 +53,9 @@ def set_threads(intra_op: int, inter_op: int) -> bool:
     return True
 
 
+CLIP_SIGMA = 5.0  # standardized particle inputs are clipped to +-5 (as in weaver-core)
+
+
 def standardize(mean: Sequence[float], std: Sequence[float], name: str) -> keras.layers.Layer:
     """A layer computing ``(x - mean) / std`` per feature (last axis), the constants stored in the graph.
 
@@ -75,14 +78,16 @@ def particle_mask(particles: keras.KerasTensor) -> keras.KerasTensor:
 
 def standardized_particles(particles: keras.KerasTensor, standardization: Standardization
                            ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """Standardized particle features with padded rows forced back to zero, and the mask (from raw pT).
+    """Standardized particle features clipped to +-CLIP_SIGMA, padded rows forced back to zero, and the mask.
 
-    The mask must come from the raw input: after standardization a padded row is no longer all zeros.
+    The mask must come from the raw input (raw pT): after standardization a padded row is no longer all zeros.
+    The clip (as weaver-core does) keeps a rare flag or a far tail from saturating the first layer.
     """
     if standardization.particle_mean is None or standardization.particle_std is None:
         raise WtagError("standardization has no particle_mean/particle_std: the dataset has no 'particles' input")
     mask = particle_mask(particles)
     scaled = standardize(standardization.particle_mean, standardization.particle_std, "standardize")(particles)
+    scaled = keras.ops.clip(scaled, -CLIP_SIGMA, CLIP_SIGMA)
     zeroed = scaled * keras.ops.expand_dims(keras.ops.cast(mask, scaled.dtype), -1)
     return zeroed, mask
 
@@ -167,10 +172,11 @@ class _ValidationAUC(keras.callbacks.Callback):
 
 
 class KerasTagger(Tagger):
-    """Base for the Keras taggers: a subclass names its input and builds the network from a raw input.
+    """Base for the Keras taggers: a subclass names its inputs and builds the network from the raw inputs.
 
-    ``build_network`` maps the raw ``keras.Input`` to a (N, 1) sigmoid output; training uses that shape (so
-    Keras weights the loss per jet), while the logged and exported model squeezes it to (N,).
+    ``build_network`` maps the raw ``keras.Input`` (a dict of them, by input name, for a tagger of several inputs)
+    to a (N, 1) sigmoid output; training uses that shape (so Keras weights the loss per jet), while the logged
+    and exported model squeezes it to (N,).
     """
 
     flavor: ClassVar[str] = "keras"
@@ -188,16 +194,13 @@ class KerasTagger(Tagger):
         self.trained_with_xla: bool | None = None
 
     @abc.abstractmethod
-    def build_network(self, raw: keras.KerasTensor) -> keras.KerasTensor:
-        """The (N, 1) sigmoid output computed from the raw input tensor (standardization included)."""
+    def build_network(self, raw: Any) -> keras.KerasTensor:
+        """The (N, 1) sigmoid output computed from the raw input tensor, or from ``{input name: tensor}`` when the
+        tagger has several inputs (standardization included)."""
 
     @abc.abstractmethod
     def architecture(self) -> dict[str, Any]:
         """The architecture's defining numbers (layer sizes, dropout, ...) for logging as parameters."""
-
-    @property
-    def input_name(self) -> str:
-        return self.inputs[0]
 
     @property
     def model(self) -> keras.Model:
@@ -227,11 +230,11 @@ class KerasTagger(Tagger):
 
         Both take a dict ``{input name: array}``, the form MLflow's pyfunc passes for a named signature.
         """
-        raw = keras.Input(shape=schema.expected_shape(self.input_name), dtype="float32", name=self.input_name)
-        prob = self.build_network(raw)
-        train_model = keras.Model({self.input_name: raw}, prob, name=f"{self.name}_train")
+        raw = {name: keras.Input(shape=schema.expected_shape(name), dtype="float32", name=name) for name in self.inputs}
+        prob = self.build_network(raw[self.inputs[0]] if len(self.inputs) == 1 else raw)
+        train_model = keras.Model(raw, prob, name=f"{self.name}_train")
         score = keras.ops.squeeze(prob, axis=-1)
-        return train_model, keras.Model({self.input_name: raw}, score, name=self.name)
+        return train_model, keras.Model(raw, score, name=self.name)
 
     def start_from(self, model_uri: str) -> None:
         """Make the next ``fit`` start from the weights of a model logged by this tagger class (fine-tuning).
@@ -282,7 +285,7 @@ class KerasTagger(Tagger):
         return {key: [float(v) for v in result.history[key]] for key in ("loss", "val_loss", "val_auc")}
 
     def _arrays(self, split: Split, what: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        x = {self.input_name: np.asarray(split.inputs([self.input_name])[self.input_name], dtype=np.float32)}
+        x = {name: np.asarray(array, dtype=np.float32) for name, array in split.inputs(list(self.inputs)).items()}
         self.check_inputs(x)
         y = np.asarray(split.label)
         if not np.isin(y, (0, 1)).all():
@@ -294,10 +297,14 @@ class KerasTagger(Tagger):
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         self.check_inputs(inputs)
-        x = np.asarray(inputs[self.input_name], dtype=np.float32)
-        if len(x) == 0:
+        x = {name: np.asarray(inputs[name], dtype=np.float32) for name in self.inputs}
+        lengths = {len(array) for array in x.values()}
+        if len(lengths) > 1:
+            raise WtagError(f"tagger '{self.name}': inputs have different numbers of jets "
+                            f"({', '.join(f'{k} {len(v)}' for k, v in x.items())})")
+        if lengths == {0}:
             return np.zeros(0, dtype=np.float32)
-        scores = self.model.predict({self.input_name: x}, batch_size=PREDICT_BATCH_SIZE, verbose=0)
+        scores = self.model.predict(x, batch_size=PREDICT_BATCH_SIZE, verbose=0)
         return np.asarray(scores, dtype=np.float32)
 
     def log_model(self, name: str, input_example: Mapping[str, np.ndarray]) -> Any:
@@ -308,7 +315,7 @@ class KerasTagger(Tagger):
         from mlflow.models import infer_signature
 
         self.check_inputs(input_example)
-        example = {self.input_name: np.asarray(input_example[self.input_name][:EXAMPLE_ROWS], dtype=np.float32)}
+        example = {name: np.asarray(input_example[name][:EXAMPLE_ROWS], dtype=np.float32) for name in self.inputs}
         signature = infer_signature(example, self.predict(example))
         return mlflow.models.Model.log(artifact_path=None, name=name, flavor=_KerasFlavor, flavor_name="mlflow.keras",
                                        model=self.model, signature=signature, input_example=example,
@@ -320,10 +327,10 @@ class KerasTagger(Tagger):
         import mlflow
 
         model = mlflow.keras.load_model(model_uri)
-        names = [t.name for t in model.inputs]
-        if names != [cls.inputs[0]]:
+        names = sorted(t.name for t in model.inputs)
+        if names != sorted(cls.inputs):
             raise WtagError(f"{model_uri}: model inputs {names} do not fit tagger '{cls.name}' "
-                            f"(expects '{cls.inputs[0]}')")
+                            f"(expects {', '.join(repr(n) for n in cls.inputs)})")
         tagger = cls(config, standardization)
         tagger._model = model
         return tagger
@@ -339,13 +346,14 @@ class KerasTagger(Tagger):
         import tf2onnx
 
         model = self.model
-        spec = tf.TensorSpec((None, *schema.expected_shape(self.input_name)), tf.float32, name=self.input_name)
+        names = self.inputs
+        specs = [tf.TensorSpec((None, *schema.expected_shape(name)), tf.float32, name=name) for name in names]
 
-        @tf.function(input_signature=[spec])
-        def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {schema.OUTPUT_SCORE: model({self.input_name: x}, training=False)}
+        @tf.function(input_signature=specs)
+        def serve(*x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {schema.OUTPUT_SCORE: model(dict(zip(names, x)), training=False)}
 
-        proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=ONNX_OPSET)
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=specs, opset=ONNX_OPSET)
         for value in (*proto.graph.input, *proto.graph.output):
             value.type.tensor_type.shape.dim[0].dim_param = ONNX_BATCH_DIM
         onnx.checker.check_model(proto)

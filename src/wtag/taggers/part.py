@@ -4,7 +4,8 @@
 - Interaction features of every particle pair (i, j), computed in the graph from the raw pT, deta, dphi of
   massless particles (E = |p|): ln Delta R, ln kT = ln(min(pT_i, pT_j) Delta R), ln z = ln(min pT / (pT_i + pT_j))
   and ln m^2 with m^2 = 2 pT_i pT_j (cosh deta_ij - cos dphi_ij), written as 4 pT_i pT_j (sinh^2(deta_ij / 2) +
-  sin^2(dphi_ij / 2)) so that nearly collinear pairs do not lose every digit to cancellation. A pointwise MLP
+  sin^2(dphi_ij / 2)) so that nearly collinear pairs do not lose every digit to cancellation; and whether both
+  particles survive the soft drop that defines the groomed mass (the pairs that make msd). A pointwise MLP
   (BatchNorm, Dense 32 GELU x 2, Dense heads) embeds them into one additive bias per attention head, shared by
   all particle blocks.
 - Particle attention blocks (pre-LayerNorm): multi-head self-attention whose logits get the pair bias, then
@@ -34,13 +35,14 @@ from wtag.taggers.keras_common import (TRAINING_SPACE, KerasTagger, broadcast_ad
 PT = schema.PARTICLE_PT
 DETA = schema.PARTICLE_FEATURES.index("deta")
 DPHI = schema.PARTICLE_FEATURES.index("dphi")
+IN_SOFTDROP = schema.PARTICLE_FEATURES.index("in_softdrop")
 MASKED_LOGIT = -1e9
 LOG_FLOOR = 1e-8  # argument floor of the pair features' logarithms
-PAIR_FEATURES = ("ln_delta_r", "ln_kt", "ln_z", "ln_m2")
+PAIR_FEATURES = ("ln_delta_r", "ln_kt", "ln_z", "ln_m2", "both_in_softdrop")
 
 
 def pair_features(raw: keras.KerasTensor, mask_f: keras.KerasTensor) -> keras.KerasTensor:
-    """(N, P, P, 4) interaction features of the real particle pairs i != j; zero for all other pairs.
+    """(N, P, P, len(PAIR_FEATURES)) interaction features of the real particle pairs i != j; zero for all other pairs.
 
     dphi is relative to the jet axis and wrapped to (-pi, pi], so within an R = 0.7 jet the difference of two
     values needs no second wrap.
@@ -48,6 +50,7 @@ def pair_features(raw: keras.KerasTensor, mask_f: keras.KerasTensor) -> keras.Ke
     pt = raw[..., PT] * mask_f
     eta = raw[..., DETA] * mask_f
     phi = raw[..., DPHI] * mask_f
+    groomed = raw[..., IN_SOFTDROP] * mask_f
 
     def rows(v: keras.KerasTensor) -> keras.KerasTensor:
         return keras.ops.expand_dims(v, 2)  # (N, P, 1): particle i
@@ -72,7 +75,9 @@ def pair_features(raw: keras.KerasTensor, mask_f: keras.KerasTensor) -> keras.Ke
     position = keras.ops.cumsum(keras.ops.ones_like(mask_f), axis=1)
     off_diagonal = keras.ops.cast(keras.ops.not_equal(rows(position), cols(position)), mask_f.dtype)
     pair_mask = rows(mask_f) * cols(mask_f) * off_diagonal
-    return keras.ops.stack([ln_dr, ln_kt, ln_z, ln_m2], axis=-1) * keras.ops.expand_dims(pair_mask, -1)
+    both_groomed = rows(groomed) * cols(groomed)
+    return (keras.ops.stack([ln_dr, ln_kt, ln_z, ln_m2, both_groomed], axis=-1)
+            * keras.ops.expand_dims(pair_mask, -1))
 
 
 def attention(query: keras.KerasTensor, keys: keras.KerasTensor, key_mask_f: keras.KerasTensor,
