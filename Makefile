@@ -12,6 +12,8 @@ export MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(PORT)
 export MLFLOW_EXPERIMENT_NAME ?= wtag
 # Quiet TensorFlow's start-up chatter; use every core for Keras/XGBoost.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Offline project: no MLflow usage telemetry (it cannot reach anything from here).
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .PHONY: setup setup-gpu demo test tracking tracking-stop serve bench clean
 

@@ -20,6 +20,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Keep TensorFlow quiet and small on the 2-core CI machine; set before any test imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# MLflow's usage telemetry cannot reach anything here, and its client thread sets and pops an environment
+# variable that a concurrent request reads (a KeyError '_MLFLOW_TELEMETRY_SESSION_ID' failed a test once).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @pytest.fixture(scope="session")

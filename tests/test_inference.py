@@ -206,7 +206,7 @@ def _two_inputs(n: int) -> dict[str, np.ndarray]:
     (lambda x: {**x, "images": x["hl"]}, "unexpected 'images'"),
     (lambda x: {**x, "hl": x["hl"][:, :9]}, r"input 'hl' has shape \(3, 9\), expected \(N, 10\)"),
     (lambda x: {**x, "hl": x["hl"][0]}, r"input 'hl' has shape \(10,\), expected \(N, 10\)"),
-    (lambda x: {**x, "particles": x["particles"][:, :10]}, r"expected \(N, 64, 11\)"),
+    (lambda x: {**x, "particles": x["particles"][:, :10]}, rf"expected \(N, 64, {N_PART}\)"),
     (lambda x: {**x, "hl": x["hl"].astype(str)}, "input 'hl' has dtype <U"),
     (lambda x: {**x, "hl": x["hl"] > 0}, "input 'hl' has dtype bool"),
     (lambda x: {**x, "hl": [[1.0] * 10, [1.0] * 9, [1.0] * 10]}, "input 'hl' is not a rectangular numeric array"),

@@ -132,3 +132,27 @@ def test_mismatched_parents_are_refused(parent: tuple) -> None:
         train(ds, "dnn", tiny_config(epochs=1, init_from="nonexistent0000"))
     with pytest.raises(WtagError, match="init_from 'models:/no-such-model@x': no such model"):
         train(ds, "dnn", tiny_config(epochs=1, init_from="models:/no-such-model@x"))
+
+
+def test_freeze_conv_keeps_the_pretrained_convolutions_and_trains_the_head(parent: tuple) -> None:
+    """``freeze=conv``: after fine-tuning, every convolution kernel is the parent's and the dense layers moved;
+    freezing needs a parent, and a tagger without convolutions says so."""
+    import mlflow
+
+    client, experiment_id, dnn_run, ds, pretrain = parent
+    cnn_run = _tagger_run(client, experiment_id, train(pretrain, "cnn_tutorial", tiny_config(epochs=1)))
+    uri = model_uri(cnn_run.info.run_id)
+    parent_model = mlflow.keras.load_model(uri)
+    tagger = build_tagger("cnn_tutorial", tiny_config(epochs=2, freeze="conv"), ds.standardization)
+    tagger.start_from(uri)
+    tagger.fit(ds.train, ds.val)
+    for name in ("conv0", "conv1", "conv2", "dense0"):
+        moved = [np.max(np.abs(a - b)) for a, b in zip(tagger.model.get_layer(name).get_weights(),
+                                                        parent_model.get_layer(name).get_weights())]
+        assert (max(moved) == 0.0) == name.startswith("conv"), (name, moved)
+    with pytest.raises(WtagError, match="freeze=conv keeps pretrained layers fixed: it needs init_from"):
+        build_tagger("cnn_tutorial", tiny_config(epochs=1, freeze="conv"), ds.standardization).fit(ds.train, ds.val)
+    dnn = build_tagger("dnn", tiny_config(epochs=1, freeze="conv"), ds.standardization)
+    dnn.start_from(model_uri(dnn_run.info.run_id))
+    with pytest.raises(WtagError, match="tagger 'dnn' has no convolutional layers to freeze"):
+        dnn.fit(ds.train, ds.val)

@@ -18,7 +18,7 @@ from wtag.evaluation import CHAMPION_METRICS, DEFAULT_MAX_SCULPTING, DEFAULT_MET
 from wtag.inference import DEVICES
 from wtag.prepare import DEFAULT_DATA_DIR, SAMPLES, SOURCES, PrepareConfig
 from wtag.scoring import ScoreConfig
-from wtag.taggers.base import EPOCH_METRICS, LR_SCHEDULES, TrainConfig
+from wtag.taggers.base import EPOCH_METRICS, FREEZE_CHOICES, LR_SCHEDULES, TrainConfig
 from wtag.tracking import DEFAULT_EXPERIMENT, tracking_uri_from_env
 from wtag.tracking_server import DEFAULT_DIR, DEFAULT_HOST, DEFAULT_PORT
 from wtag.training import ALL_TAGGERS
@@ -138,6 +138,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=d.init_from,
                    help="start from this model's weights: a tagger run id, or a runs:/ or models:/ URI of a model "
                         "of the same (Keras) tagger")
+    p.add_argument("--freeze", default=d.freeze, choices=FREEZE_CHOICES,
+                   help="with --init-from: 'conv' keeps the convolutional layers fixed and trains the rest")
     p.add_argument("--params-from", default=d.params_from,
                    help="a tune run id: train its tagger with the study's best parameters")
     _add_training_choice_args(p)
@@ -207,7 +209,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     optional = {"n_bootstrap": args.n_bootstrap, "disco_lambda": parse_disco_lambdas(args.disco_lambda)[0]}
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        lr_schedule=args.lr_schedule, patience=args.patience, seed=args.train_seed,
-                       init_from=args.init_from.strip(), params_from=args.params_from.strip(),
+                       init_from=args.init_from.strip(), freeze=args.freeze, params_from=args.params_from.strip(),
                        weighting=args.weighting, epoch_metric=args.epoch_metric,
                        **{k: v for k, v in optional.items() if v is not None})
 

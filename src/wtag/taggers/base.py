@@ -20,6 +20,9 @@ LR_SCHEDULES = ("constant", "cosine")
 # What picks the kept epoch and stops training (Keras taggers): the weighted validation loss, or the validation ROC
 # AUC, which ranks jets as the test metrics do rather than calibrating them.
 EPOCH_METRICS = ("val_loss", "val_auc")
+# What a fine-tuning (``init_from``) keeps fixed: nothing, or every convolutional layer (the learned image
+# features), so that a small real sample trains only the dense head.
+FREEZE_CHOICES = ("", "conv")
 LR_FLOOR = 0.01  # the cosine schedule ends at this fraction of the initial learning rate
 
 
@@ -44,6 +47,8 @@ class TrainConfig:
     # Start from the weights of this model instead of random ones: a tagger run id, or a runs:/ or models:/ URI
     # of a model of the same tagger (Keras taggers only); "" trains from scratch.
     init_from: str = ""
+    # One of FREEZE_CHOICES: "conv" trains only the layers after the convolutions of the ``init_from`` model.
+    freeze: str = ""
     # Decoupled weight decay of the Keras optimizer (0 = off); a tuned parameter.
     weight_decay: float = 0.0
     # The tagger's own tuned hyperparameters (names from its ``search_space``) as a JSON object; "" = its defaults.
@@ -58,7 +63,7 @@ class TrainConfig:
     def params(self) -> dict[str, object]:
         """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there).
 
-        ``init_from``, ``tagger_params`` and ``params_from`` only when set: ``mlflow run`` logs an empty MLproject
+        ``init_from``, ``freeze``, ``tagger_params`` and ``params_from`` only when set: ``mlflow run`` logs an empty MLproject
         parameter as the two characters ``''``, which would never match a run started in-process, so finished runs
         would not be reused; ``weighting`` and ``epoch_metric`` only when not their defaults, so runs from before
         they existed are reused.
@@ -67,8 +72,8 @@ class TrainConfig:
                 "lr_schedule": self.lr_schedule, "patience": self.patience, "train_seed": self.seed,
                 "disco_lambda": self.disco_lambda, "weight_decay": self.weight_decay,
                 "n_bootstrap": self.n_bootstrap,
-                **{k: v for k, v in (("init_from", self.init_from), ("tagger_params", self.tagger_params),
-                                     ("params_from", self.params_from)) if v},
+                **{k: v for k, v in (("init_from", self.init_from), ("freeze", self.freeze),
+                                     ("tagger_params", self.tagger_params), ("params_from", self.params_from)) if v},
                 **{k: getattr(self, k) for k in ("weighting", "epoch_metric")
                    if getattr(self, k) != getattr(TrainConfig, k)}}
 
@@ -79,7 +84,7 @@ class TrainConfig:
     def with_params(self, params: Mapping[str, Any]) -> TrainConfig:
         """This config with tuned parameters applied: TrainConfig fields (``learning_rate``, ``batch_size``,
         ``weight_decay``, ``lr_schedule``, ...) replace their values, the rest become ``tagger_params``."""
-        fields = {f.name for f in dataclasses.fields(self)} - {"tagger_params", "params_from", "init_from"}
+        fields = {f.name for f in dataclasses.fields(self)} - {"tagger_params", "params_from", "init_from", "freeze"}
         own = {k: v for k, v in params.items() if k in fields}
         rest = {k: v for k, v in params.items() if k not in fields}
         return dataclasses.replace(self, **own, tagger_params=json.dumps(rest, sort_keys=True) if rest else "")

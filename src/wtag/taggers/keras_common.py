@@ -20,7 +20,8 @@ from sklearn.metrics import roc_auc_score
 from wtag import schema
 from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
-from wtag.taggers.base import EPOCH_METRICS, LR_FLOOR, LR_SCHEDULES, EpochCallback, Tagger, TrainConfig
+from wtag.taggers.base import (EPOCH_METRICS, FREEZE_CHOICES, LR_FLOOR, LR_SCHEDULES, EpochCallback, Tagger,
+                               TrainConfig)
 
 # ONNX opset for tf2onnx: new enough for every op our graphs use, within the range the contract allows.
 ONNX_OPSET = 17
@@ -254,6 +255,13 @@ class KerasTagger(Tagger):
                             f"tagger '{self.name}' ({len(want)} arrays); it was logged by another version")
         model.set_weights(parent.get_weights())
 
+    def _freeze_convolutions(self, model: keras.Model) -> None:
+        frozen = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D)]
+        if not frozen:
+            raise WtagError(f"freeze=conv: tagger '{self.name}' has no convolutional layers to freeze")
+        for layer in frozen:
+            layer.trainable = False
+
     def fit(self, train: Split, val: Split, on_epoch_end: EpochCallback | None = None) -> dict[str, list[float]]:
         _check_config(self.config)
         x, y, w = self._arrays(train, "training")
@@ -262,6 +270,11 @@ class KerasTagger(Tagger):
         train_model, score_model = self._build()
         if self._initial_weights_uri is not None:
             self._load_initial_weights(score_model)
+        if self.config.freeze == "conv":
+            if self._initial_weights_uri is None:
+                raise WtagError("freeze=conv keeps pretrained layers fixed: it needs init_from (a model to start "
+                                "from); from random weights it would freeze noise")
+            self._freeze_convolutions(score_model)
         disco = self.config.disco_lambda > 0
         loss = DiscoLoss(self.config.disco_lambda) if disco else keras.losses.BinaryCrossentropy()
         steps = self.config.epochs * math.ceil(len(y) / self.config.batch_size)
@@ -390,12 +403,13 @@ def _check_config(config: TrainConfig) -> None:
         ("weight_decay", config.weight_decay, config.weight_decay >= 0),
         ("lr_schedule", config.lr_schedule, config.lr_schedule in LR_SCHEDULES),
         ("epoch_metric", config.epoch_metric, config.epoch_metric in EPOCH_METRICS),
+        ("freeze", config.freeze, config.freeze in FREEZE_CHOICES),
     ) if not ok]
     if problems:
         raise WtagError(f"training parameters out of range: {', '.join(problems)} (need epochs >= 1, "
                         "batch_size >= 1, learning_rate > 0, patience >= 0, disco_lambda >= 0, weight_decay >= 0, "
                         f"lr_schedule one of {', '.join(LR_SCHEDULES)}, epoch_metric one of "
-                        f"{', '.join(EPOCH_METRICS)})")
+                        f"{', '.join(EPOCH_METRICS)}, freeze one of {', '.join(map(repr, FREEZE_CHOICES))})")
 
 
 def dense_stack(x: keras.KerasTensor, units: Sequence[int], dropout: float, prefix: str,
