@@ -63,10 +63,10 @@ class TrainConfig:
     def params(self) -> dict[str, object]:
         """As logged to MLflow, named like the MLproject parameters (``seed`` is ``train_seed`` there).
 
-        ``init_from``, ``freeze``, ``tagger_params`` and ``params_from`` only when set: ``mlflow run`` logs an empty MLproject
-        parameter as the two characters ``''``, which would never match a run started in-process, so finished runs
-        would not be reused; ``weighting`` and ``epoch_metric`` only when not their defaults, so runs from before
-        they existed are reused.
+        ``init_from``, ``freeze``, ``tagger_params`` and ``params_from`` only when set: ``mlflow run`` logs an empty
+        MLproject parameter as the two characters ``''``, which would never match a run started in-process, so
+        finished runs would not be reused; ``weighting`` and ``epoch_metric`` only when not their defaults, so runs
+        from before they existed are reused.
         """
         return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "lr_schedule": self.lr_schedule, "patience": self.patience, "train_seed": self.seed,
