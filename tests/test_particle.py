@@ -7,6 +7,7 @@ import pytest
 from keras_helpers import synthetic_split, tiny_config
 
 from wtag.dataset import Standardization
+from wtag.errors import WtagError
 from wtag.taggers import build_tagger
 from wtag.taggers.particle import PFNTagger
 
@@ -43,6 +44,9 @@ def test_hybrid_identity_and_architecture() -> None:
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert [layer.units for layer in dense] == [64, 64, 64, 64, 64, 1]
     assert dense[3].kernel.shape == (64 + 10, 64)  # F reads the particle sum and the ten jet features
+    split = synthetic_split(8, seed=2)
+    with pytest.raises(WtagError, match=r"inputs have different numbers of jets \(particles 8, hl 5\)"):
+        tagger.predict({"particles": split.particles, "hl": split.hl[:5]})
 
 
 @pytest.mark.slow

@@ -170,3 +170,6 @@ class Tagger(abc.ABC):
             if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
                 raise WtagError(f"tagger '{self.name}': input '{name}' has shape {arr.shape}, expected (N, "
                                 + ", ".join(str(d) for d in want) + ")")
+        if len({len(inputs[name]) for name in self.inputs}) > 1:
+            raise WtagError(f"tagger '{self.name}': inputs have different numbers of jets ("
+                            + ", ".join(f"{name} {len(inputs[name])}" for name in self.inputs) + ")")

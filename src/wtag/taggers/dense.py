@@ -10,8 +10,7 @@ from typing import Any, ClassVar
 import keras
 
 from wtag import schema
-from wtag.errors import WtagError
-from wtag.taggers.keras_common import TRAINING_SPACE, KerasTagger, dense_stack, sigmoid_output, standardize
+from wtag.taggers.keras_common import TRAINING_SPACE, KerasTagger, dense_stack, sigmoid_output, standardized_hl
 
 
 class DenseTagger(KerasTagger):
@@ -36,8 +35,5 @@ class DenseTagger(KerasTagger):
                 "features": ",".join(schema.HL_FEATURES)}
 
     def build_network(self, raw: keras.KerasTensor) -> keras.KerasTensor:
-        s = self.standardization
-        if s.hl_mean is None or s.hl_std is None:
-            raise WtagError("standardization has no hl_mean/hl_std: the dataset has no 'hl' input")
-        x = standardize(s.hl_mean, s.hl_std, "standardize")(raw)
+        x = standardized_hl(raw, self.standardization)
         return sigmoid_output(dense_stack(x, self.units, self.dropout, "dense"))

@@ -72,6 +72,14 @@ def standardize(mean: Sequence[float], std: Sequence[float], name: str) -> keras
                                   offset=tuple(float(v) for v in -mean64 / std64), name=name)
 
 
+def standardized_hl(hl: keras.KerasTensor, standardization: Standardization, name: str = "standardize"
+                    ) -> keras.KerasTensor:
+    """The ten jet features standardized with the training set's constants (stored in the graph)."""
+    if standardization.hl_mean is None or standardization.hl_std is None:
+        raise WtagError("standardization has no hl_mean/hl_std: the dataset has no 'hl' input")
+    return standardize(standardization.hl_mean, standardization.hl_std, name)(hl)
+
+
 def particle_mask(particles: keras.KerasTensor) -> keras.KerasTensor:
     """Boolean (N, MAX_PARTICLES) mask of real particles, from the RAW pT column (padded rows have pt == 0)."""
     return keras.ops.greater(particles[..., schema.PARTICLE_PT], 0.0)
@@ -311,11 +319,7 @@ class KerasTagger(Tagger):
     def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         self.check_inputs(inputs)
         x = {name: np.asarray(inputs[name], dtype=np.float32) for name in self.inputs}
-        lengths = {len(array) for array in x.values()}
-        if len(lengths) > 1:
-            raise WtagError(f"tagger '{self.name}': inputs have different numbers of jets "
-                            f"({', '.join(f'{k} {len(v)}' for k, v in x.items())})")
-        if lengths == {0}:
+        if len(x[self.inputs[0]]) == 0:
             return np.zeros(0, dtype=np.float32)
         scores = self.model.predict(x, batch_size=PREDICT_BATCH_SIZE, verbose=0)
         return np.asarray(scores, dtype=np.float32)

@@ -9,8 +9,7 @@ from typing import Any, ClassVar
 import keras
 
 from wtag import schema
-from wtag.errors import WtagError
-from wtag.taggers.keras_common import (TRAINING_SPACE, KerasTagger, dense_stack, sigmoid_output, standardize,
+from wtag.taggers.keras_common import (TRAINING_SPACE, KerasTagger, dense_stack, sigmoid_output, standardized_hl,
                                       standardized_particles)
 
 
@@ -68,10 +67,7 @@ class PFNHLTagger(PFNTagger):
         return {**super().architecture(), "architecture": "pfn_hl", "hl_features": ",".join(schema.HL_FEATURES)}
 
     def build_network(self, raw: dict[str, keras.KerasTensor]) -> keras.KerasTensor:
-        s = self.standardization
-        if s.hl_mean is None or s.hl_std is None:
-            raise WtagError("standardization has no hl_mean/hl_std: the dataset has no 'hl' input")
         latent = self.particle_sum(raw[schema.INPUT_PARTICLES])
-        hl = standardize(s.hl_mean, s.hl_std, "standardize_hl")(raw[schema.INPUT_HL])
+        hl = standardized_hl(raw[schema.INPUT_HL], self.standardization, "standardize_hl")
         joined = keras.layers.Concatenate(name="particles_and_hl")([latent, hl])
         return sigmoid_output(dense_stack(joined, self.f_units, self.dropout, "f"))
