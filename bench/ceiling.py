@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -90,16 +91,47 @@ def train_and_test(model: str, train: Split, val: Split, test: Split, seed: int,
     return metrics.summary(test.label, scores, test.msd, n_bootstrap=n_bootstrap, seed=seed), seconds
 
 
+def load_points(path: Path | None, stamp: dict[str, object]) -> dict[tuple[str, str, int], Point]:
+    """Points already measured under the same stamp (dataset, mode, bootstrap): a killed grid resumes. A torn
+    last line (the process died while writing it) is skipped."""
+    if path is None or not path.is_file():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("stamp") == stamp:
+            point = Point(**row["point"])
+            done[(point.model, point.setting, point.seed)] = point
+    return done
+
+
 def run_grid(ds: PreparedDataset, models: Sequence[str], settings: Sequence[tuple[str, Callable[[], tuple]]],
-             seeds: Sequence[int], n_bootstrap: int) -> list[Point]:
+             seeds: Sequence[int], n_bootstrap: int, points_file: Path | None = None,
+             stamp: dict[str, object] | None = None) -> list[Point]:
+    """Train every (model, setting, seed); each point is appended to ``points_file`` as soon as it is measured."""
+    stamp = stamp or {}
+    done = load_points(points_file, stamp)
     points = []
     total = len(models) * len(settings) * len(seeds)
     for model in models:
         for setting, splits in settings:
-            train, val, test = splits()
+            todo = [seed for seed in seeds if (model, setting, seed) not in done]
+            train, val, test = splits() if todo else (None, None, None)
             for seed in seeds:
+                if (model, setting, seed) in done:
+                    points.append(done[(model, setting, seed)])
+                    print(f"[{len(points)}/{total}] {model:>5} {setting:>24} seed {seed}: measured before "
+                          f"({points_file})", file=sys.stderr, flush=True)
+                    continue
                 result, seconds = train_and_test(model, train, val, test, seed, n_bootstrap)
                 points.append(Point(model, setting, len(train), seed, result, seconds))
+                if points_file is not None:
+                    points_file.parent.mkdir(parents=True, exist_ok=True)
+                    with points_file.open("a") as f:
+                        f.write(json.dumps({"stamp": stamp, "point": dataclasses.asdict(points[-1])}) + "\n")
                 print(f"[{len(points)}/{total}] {model:>5} {setting:>24} seed {seed}: r50 {result['test_r50']:.1f} "
                       f"+- {result['test_r50_err']:.1f}, auc {result['test_auc']:.4f} ({seconds:.0f} s)",
                       file=sys.stderr, flush=True)
@@ -277,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", action="append", type=lambda s: s.split(","), default=[],
                         help="ensemble: comma-separated tagger run ids scored as one mean (repeat for more groups)")
     parser.add_argument("--onnx", type=Path, help="ensemble: write the (one) group as a single ONNX graph here")
+    parser.add_argument("--points", type=Path, default=None,
+                        help="curves/ablation: JSON-lines file of measured points, appended as they finish and "
+                             "read back on a rerun (default: data_dir/bench/ceiling-MODE-DATASET.jsonl)")
     args = parser.parse_args(argv)
     args.models = args.models or (["bdt", "dnn", "pfn"] if args.mode == "curves" else ["bdt", "dnn"])
 
@@ -291,17 +326,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"test {len(ds.test):,} ({int(ds.test.label.sum()):,} W); seeds {args.seeds}; {os.cpu_count()} "
                   f"cores, load average {os.getloadavg()[0]:.1f} at the start")
         figure = None
+        points_file = args.points or args.data_dir / "bench" / f"ceiling-{args.mode}-{ds.digest[:16]}.jsonl"
+        stamp = {"mode": args.mode, "dataset": ds.digest, "n_bootstrap": args.n_bootstrap,
+                 "subset_seed": args.subset_seed}
         if args.mode == "curves":
             subsets = nested_subsets(ds.train.label, args.fractions, args.subset_seed)
             settings = [(f"{f:g}", lambda idx=idx: (ds.train.subset(idx), ds.val, ds.test))
                         for f, idx in subsets.items()]
-            points = run_grid(ds, args.models, settings, args.seeds, args.n_bootstrap)
+            points = run_grid(ds, args.models, settings, args.seeds, args.n_bootstrap, points_file, stamp)
             text = "\n\n".join([table(points, header), curve_verdicts(points, args.fractions)])
             figure = plot_curves(points, Path(tempfile.mkdtemp(prefix="wtag-ceiling-")) / "learning_curves.png")
         else:
             settings = [(name, lambda cols=cols: tuple(blank_columns(s, cols) for s in (ds.train, ds.val, ds.test)))
                         for name, cols in ABLATIONS]
-            points = run_grid(ds, args.models, settings, args.seeds, args.n_bootstrap)
+            points = run_grid(ds, args.models, settings, args.seeds, args.n_bootstrap, points_file, stamp)
             text = table(points, header)
         print(text + f"\n\nload average {os.getloadavg()[0]:.1f} at the end")
         log_to_mlflow(args.mode, args, ds, text, figure)

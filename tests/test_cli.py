@@ -30,6 +30,16 @@ def test_mlproject_style_numbers_are_accepted():
         build_parser().parse_args(["train", "--epochs", "0"])
 
 
+def test_detector_switch_of_every_step_that_prepares(capsys):
+    """MLproject passes -P detector=false as text; every step that can prepare data reads it the same way."""
+    for command in ("prepare", "train", "tune", "main"):
+        assert build_parser().parse_args([command]).detector is True
+        assert build_parser().parse_args([command, "--detector", "false"]).detector is False
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([command, "--detector", "off-ish"])
+        assert exit_.value.code == 2 and "'off-ish' is not true or false" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag,default,other", [("weighting", "flat", "w_spectrum"),
                                                  ("epoch_metric", "val_loss", "val_auc")])
 def test_training_choices_of_train_tune_and_main(flag, default, other, capsys):

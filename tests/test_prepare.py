@@ -22,6 +22,7 @@ from wtag.tracking import configure
     ({"sample": "benchmark", "n_jets": 10}, "sample=benchmark sets n_jets itself"),
     ({"test_fraction": 0.3}, "sample=default sets test_fraction itself"),
     ({"source": "cms-images", "inputs": ("x.h5",), "sample": "benchmark"}, "needs source=pythia"),
+    ({"source": "cms-ntuple", "inputs": ("x.npy",), "detector": False}, "source 'cms-ntuple' is already measured"),
 ])
 def test_bad_parameters_are_named(kwargs, needle):
     with pytest.raises(WtagError, match=needle):
@@ -31,7 +32,7 @@ def test_bad_parameters_are_named(kwargs, needle):
 def test_key_depends_on_every_parameter():
     base = PrepareConfig()
     others = [PrepareConfig(seed=2), PrepareConfig(n_jets=7), PrepareConfig(pileup=3.0), PrepareConfig(signal="wjets"),
-              PrepareConfig(sample="benchmark")]
+              PrepareConfig(sample="benchmark"), PrepareConfig(detector=False)]
     assert len({base.key(), *(o.key() for o in others)}) == 1 + len(others)
     assert base.key() == PrepareConfig().key()
     imported = PrepareConfig(source="cms-ntuple", inputs=("a.npy",))

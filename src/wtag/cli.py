@@ -88,6 +88,14 @@ def _pileup(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or '{DEFAULT_WORD}'") from None
 
 
+def _bool(text: str) -> bool:
+    """An MLproject switch: true/false (also 1/0, yes/no)."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value
+
+
 def _add_experiment_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
 
@@ -108,6 +116,8 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signal", default=d.signal, choices=schema.SIGNAL_PROCESSES, help="simulated W-jet process")
     p.add_argument("--pileup", type=_pileup, default=DEFAULT_WORD,
                    help="mean pileup interactions ('default': the tuned value)")
+    p.add_argument("--detector", type=_bool, default=d.detector,
+                   help="simulate the detector response (false: particle-level jets, the generator-level reference)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where generated/prepared data live")
     p.add_argument("--workers", type=_int, default=0, help="generator processes (0: all cores)")
     _add_scheduler_arg(p)
@@ -200,7 +210,7 @@ def _prepare_config(args: argparse.Namespace) -> PrepareConfig:
     inputs = tuple(s.strip() for s in args.input.split(",") if s.strip())
     sample = {} if args.n_jets is None else {"n_jets": args.n_jets}
     return PrepareConfig(source=args.source, sample=args.sample, max_jets=args.max_jets, seed=args.seed, inputs=inputs,
-                         signal=args.signal, pileup=args.pileup, **sample)
+                         signal=args.signal, pileup=args.pileup, detector=args.detector, **sample)
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:

@@ -81,6 +81,7 @@ class PrepareConfig:
     inputs: tuple[str, ...] = ()
     signal: str = "ttbar"
     pileup: float | None = None
+    detector: bool = True
     val_fraction: float = 0.2
     test_fraction: float = 0.2
 
@@ -101,6 +102,9 @@ class PrepareConfig:
             raise WtagError(f"pileup={self.pileup} must be >= 0")
         if self.sample not in SAMPLES:
             raise WtagError(f"unknown sample '{self.sample}' (known: {', '.join(SAMPLES)})")
+        if self.source != "pythia" and not self.detector:
+            raise WtagError(f"detector=false switches off the simulated detector; source '{self.source}' is "
+                            "already measured")
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         if self.source != "pythia":
             if self.sample != defaults["sample"]:
@@ -143,7 +147,7 @@ class PrepareConfig:
             sample = {"max_jets": self.max_jets}
         return {"source": self.source, **sample, "seed": self.seed,
                 "input": ",".join(self.inputs), "signal": self.signal,
-                "pileup": "default" if self.pileup is None else self.pileup,
+                "pileup": "default" if self.pileup is None else self.pileup, "detector": self.detector,
                 "val_fraction": _fraction_text(val), "test_fraction": _fraction_text(test)}
 
     def key(self, input_digests: Sequence[str] = (), code: str | None = None) -> str:
@@ -197,9 +201,11 @@ def _generate(config: PrepareConfig, data_dir: Path, workers: int, progress: boo
     for process, n_jets in config.jets_to_generate().items():
         kwargs = {} if config.pileup is None else {"pileup": config.pileup}
         mu = "default" if config.pileup is None else f"{config.pileup:g}"
-        out = data_dir / "generated" / f"{process}_n{n_jets}_seed{config.seed}_mu{mu}"
+        level = "" if config.detector else "_particle"
+        out = data_dir / "generated" / f"{process}_n{n_jets}_seed{config.seed}_mu{mu}{level}"
         files = pythia.generate(process=process, n_jets=n_jets, seed=config.seed, output=out,
-                                workers=workers, progress=progress, scheduler=scheduler, **kwargs)
+                                workers=workers, progress=progress, scheduler=scheduler,
+                                detector=config.detector, **kwargs)
         from wtag.jets import read_jets
 
         jets = read_jets(files)
