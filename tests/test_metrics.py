@@ -186,15 +186,25 @@ def direct_distance_correlation(x: np.ndarray, y: np.ndarray, w: np.ndarray | No
     return float(np.sqrt(ab / np.sqrt(aa * bb)))
 
 
-def test_distance_correlation_matches_the_direct_computation_in_chunks() -> None:
+def test_distance_correlation_matches_the_direct_computation() -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=357)
     y = np.sin(2 * x) + rng.normal(scale=0.5, size=357)
     w = rng.uniform(0.0, 2.0, size=357)
     for weight in (None, w):
         want = direct_distance_correlation(x, y, weight)
-        for chunk in (1, 500, 10_000, 10_000_000):  # one row, several rows, many blocks, one block
-            assert metrics.distance_correlation(x, y, weight, chunk_elements=chunk) == pytest.approx(want, rel=1e-10)
+        assert metrics.distance_correlation(x, y, weight) == pytest.approx(want, rel=1e-10)
+    # every block layout of the merge levels: sizes around powers of two, and the smallest samples
+    for n in (2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 64, 65, 1000):
+        a, b, v = rng.normal(size=n), rng.exponential(size=n), rng.uniform(0.1, 1.0, size=n)
+        assert metrics.distance_correlation(a, b + a, v) == pytest.approx(direct_distance_correlation(a, b + a, v),
+                                                                          rel=1e-9), n
+    # ties, as in saturated scores and rounded masses: many equal values in both variables
+    score = np.clip(rng.normal(0.5, 0.4, size=800), 0.0, 1.0)
+    mass = np.round(rng.exponential(40.0, size=800) + 30 * score)
+    assert (score == 1.0).sum() > 50 and len(np.unique(mass)) < 300
+    assert metrics.distance_correlation(score, mass, w[:1] + score) == pytest.approx(
+        direct_distance_correlation(score, mass, w[:1] + score), rel=1e-9)
     # zero-weight jets do not count at all
     w0 = w.copy()
     w0[:100] = 0.0

@@ -199,8 +199,61 @@ def inverse(value: float) -> float:
     return math.inf if value == 0 else 1.0 / value
 
 
-def distance_correlation(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None,
-                         chunk_elements: int = 4_000_000) -> float:
+def _row_sums(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """a_i. = sum_j p_j |x_i - x_j| for every i, from one sort and cumulative sums (ties contribute zero)."""
+    order = np.argsort(x, kind="stable")
+    xs, ps = x[order], p[order]
+    cw, cx = np.cumsum(ps), np.cumsum(ps * xs)
+    out = np.empty_like(x)
+    out[order] = xs * (cw - ps) - (cx - ps * xs) + (cx[-1] - cx) - xs * (cw[-1] - cw)
+    return out
+
+
+def _cross_sum(x: np.ndarray, y: np.ndarray, p: np.ndarray) -> float:
+    """sum_ij p_i p_j |x_i - x_j| |y_i - y_j| without the n x n matrix.
+
+    With the jets sorted by x, a pair (j before i) contributes (x_i - x_j)(y_i - y_j) s_ij, s_ij = +1 when
+    y_j < y_i and -1 otherwise, which expands into products of x_i, y_i with weighted sums of 1, y_j, x_j and
+    x_j y_j over the earlier jets on either side of y_i. Merge-sort style: at each level every pair of adjacent
+    blocks counts the left block's jets for the right block's, through sorted keys and cumulative sums, so the
+    whole is O(n log^2 n) in vectorized numpy. Ties in x or y have a zero factor, so their order is irrelevant.
+    """
+    n = len(x)
+    order = np.argsort(x, kind="stable")
+    xs, ys, ps = x[order], y[order], p[order]
+    yrank = np.empty(n, dtype=np.int64)
+    yrank[np.argsort(ys, kind="stable")] = np.arange(n)
+    terms = (ps, ps * ys, ps * xs, ps * xs * ys)
+    pos = np.arange(n)
+    total, width = 0.0, 1
+    while width < n:
+        block = pos // (2 * width)
+        right = (pos // width) % 2 == 1
+        left = ~right
+        key = block[left] * n + yrank[left]
+        ordered = np.argsort(key, kind="stable")
+        key = key[ordered]
+        cums = [np.concatenate(([0.0], np.cumsum(t[left][ordered]))) for t in terms]
+        base = block[right] * n
+        below, start, stop = (np.searchsorted(key, k) for k in (base + yrank[right], base, base + n))
+        xi, yi = xs[right], ys[right]
+
+        def side(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+            w, wy, wx, wxy = (c[hi] - c[lo] for c in cums)
+            return xi * yi * w - xi * wy - yi * wx + wxy
+
+        total += float(ps[right] @ (side(start, below) - side(below, stop)))
+        width *= 2
+    return 2.0 * total
+
+
+def _dcov_squared(x: np.ndarray, y: np.ndarray, p: np.ndarray) -> float:
+    """sum_ij p_i p_j A_ij B_ij = sum p p a b - 2 sum_i p_i a_i. b_i. + a.. b.. (the double centering expanded)."""
+    a_row, b_row = _row_sums(x, p), _row_sums(y, p)
+    return _cross_sum(x, y, p) - 2.0 * float(p @ (a_row * b_row)) + float(p @ a_row) * float(p @ b_row)
+
+
+def distance_correlation(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> float:
     """Distance correlation (Szekely, Rizzo & Bakirov 2007) of two 1-D samples, optionally weighted, in [0, 1].
 
     0 for independent variables (in the large-sample limit), 1 for a linear relation, and above 0 for ANY
@@ -210,9 +263,9 @@ def distance_correlation(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None
         a_ij = |x_i - x_j|,   a_i. = sum_j p_j a_ij,   a.. = sum_i p_i a_i.,   A_ij = a_ij - a_i. - a_.j + a..
         dCov^2(x, y) = sum_ij p_i p_j A_ij B_ij,   dCor^2 = dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y))
 
-    (the V-statistic, as DisCo's loss uses it); returns dCor = sqrt(dCor^2). Exact and O(n^2) in time, but
-    the n x n matrices are never held: two passes over row blocks of ``chunk_elements / n`` rows keep the
-    memory at O(chunk_elements) whatever n.
+    (the V-statistic, as DisCo's loss uses it); returns dCor = sqrt(dCor^2). Exact, in O(n log^2 n) time and
+    O(n) memory (``_cross_sum``): 42,000 QCD test jets take a fraction of a second instead of the minutes of
+    the n x n sums.
     """
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
@@ -226,24 +279,10 @@ def distance_correlation(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None
         raise WtagError("distance correlation: samples contain non-finite values")
     keep = p > 0
     x, y, p = x[keep], y[keep], p[keep] / p[keep].sum()
-    n = len(x)
-    rows = max(1, chunk_elements // max(n, 1))
-    blocks = [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
-    a_row, b_row = np.empty(n), np.empty(n)
-    for b in blocks:
-        a_row[b] = np.abs(x[b, None] - x[None, :]) @ p
-        b_row[b] = np.abs(y[b, None] - y[None, :]) @ p
-    a_all, b_all = float(p @ a_row), float(p @ b_row)
-    s_ab = s_aa = s_bb = 0.0
-    for b in blocks:
-        a = np.abs(x[b, None] - x[None, :]) - a_row[b, None] - a_row[None, :] + a_all
-        c = np.abs(y[b, None] - y[None, :]) - b_row[b, None] - b_row[None, :] + b_all
-        s_ab += float(p[b] @ (a * c) @ p)
-        s_aa += float(p[b] @ (a * a) @ p)
-        s_bb += float(p[b] @ (c * c) @ p)
+    s_aa, s_bb = _dcov_squared(x, x, p), _dcov_squared(y, y, p)
     if s_aa <= 0 or s_bb <= 0:
         return 0.0  # a constant sample: nothing to correlate
-    return math.sqrt(min(max(s_ab / math.sqrt(s_aa * s_bb), 0.0), 1.0))
+    return math.sqrt(min(max(_dcov_squared(x, y, p) / math.sqrt(s_aa * s_bb), 0.0), 1.0))
 
 
 def mass_decorrelation(msd: np.ndarray, y: np.ndarray, score: np.ndarray) -> float:
