@@ -220,44 +220,12 @@ def default_dataset(data_dir: Path) -> Path:
     return max(candidates, key=lambda p: (p / "train.npz").stat().st_size)
 
 
-def export_ensemble(group: Sequence[str], label: np.ndarray, mean_native: np.ndarray, path: Path) -> str:
-    """Write the group as one ONNX graph (wtag.onnx_export.ensemble_graph) and compare its ONNX Runtime scores
-    on the whole test set with the mean of the members' logged native scores."""
-    import onnx
-
-    from wtag.fileio import atomic_path
-    from wtag.inference import OnnxTagger
-    from wtag.onnx_export import ensemble_graph, to_onnx_with_metadata
-    from wtag.runs import find_dataset, load_tagger, tagger_run
-
-    members, ds = [], None
-    for run_id in group:
-        source = tagger_run(run_id)
-        ds = find_dataset(source.info.experiment_id, source.data.params["dataset_digest"])
-        members.append(to_onnx_with_metadata(load_tagger(source, ds), run_id, ds.digest))
-    model = ensemble_graph(members)
-    tagger = OnnxTagger(model.SerializeToString(), device="cpu")  # the server's scorer: batched and checked
-    onnx_scores = tagger.score(ds.test.inputs(tagger.inputs))
-    if not np.array_equal(ds.test.label, label):
-        raise WtagError("the members' logged test scores are not in the prepared test set's order")
-    diff = float(np.max(np.abs(onnx_scores.astype(np.float64) - mean_native)))
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-    return (f"ONNX ensemble of {len(group)} graphs (inputs {', '.join(tagger.inputs)}) written to {path}: "
-            f"{path.stat().st_size:,} bytes, max |ONNX - mean of native scores| over {len(label):,} test jets "
-            f"{diff:.2e}")
-
-
-def ensemble_table(groups: Sequence[Sequence[str]], n_bootstrap: int, seed: int,
-                   onnx_path: Path | None = None) -> str:
+def ensemble_table(groups: Sequence[Sequence[str]], n_bootstrap: int, seed: int) -> str:
     """Per group of tagger runs: each member's and the mean score's test r50, the paired gain of the mean over the
     average member, over the best member, and over the first group's mean (one bootstrap, the same resamples for
-    every score); with ``onnx_path`` the (single) group is also written as one ONNX graph and checked against the
-    mean of the native scores."""
+    every score). One group becomes one served graph through the export step: ``wtag export --run-id A,B,C``."""
     from wtag.runs import read_test_arrays
 
-    if onnx_path is not None and len(groups) != 1:
-        raise WtagError(f"--onnx writes one ensemble; got {len(groups)} groups of runs")
     with tempfile.TemporaryDirectory(prefix="wtag-ensemble-") as tmp:
         arrays = {run: read_test_arrays(run, Path(tmp) / run) for run in dict.fromkeys(r for g in groups for r in g)}
     label, _, msd = next(iter(arrays.values()))
@@ -290,8 +258,6 @@ def ensemble_table(groups: Sequence[Sequence[str]], n_bootstrap: int, seed: int,
                      + f" | {point[name]:.1f} +- {metrics.spread(boot[name]):.1f} | {gain(name, list(group))} | "
                      f"{gain(name, best)} | {f'{gain(name, means[0])}; {ratio(name, means[0])}' if i else ''} | "
                      f"{metrics.roc_auc(label, scores[name]):.4f} |")
-    if onnx_path is not None:
-        lines += ["", export_ensemble(groups[0], label, scores[means[0]], onnx_path)]
     return "\n".join(lines)
 
 
@@ -308,7 +274,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-bootstrap", type=int, default=200)
     parser.add_argument("--runs", action="append", type=lambda s: s.split(","), default=[],
                         help="ensemble: comma-separated tagger run ids scored as one mean (repeat for more groups)")
-    parser.add_argument("--onnx", type=Path, help="ensemble: write the (one) group as a single ONNX graph here")
     parser.add_argument("--points", type=Path, default=None,
                         help="curves/ablation: JSON-lines file of measured points, appended as they finish and "
                              "read back on a rerun (default: data_dir/bench/ceiling-MODE-DATASET.jsonl)")
@@ -319,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mode == "ensemble":
             if not args.runs or not os.environ.get("MLFLOW_TRACKING_URI"):
                 raise WtagError("ensemble needs --runs and MLFLOW_TRACKING_URI (the server holding the runs)")
-            print(ensemble_table(args.runs, args.n_bootstrap, seed=0, onnx_path=args.onnx))
+            print(ensemble_table(args.runs, args.n_bootstrap, seed=0))
             return 0
         ds = load_prepared(args.dataset or default_dataset(args.data_dir))
         header = (f"dataset {ds.root.name} ({ds.digest[:8]}): train {len(ds.train):,}, val {len(ds.val):,}, "

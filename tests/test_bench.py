@@ -187,6 +187,3 @@ def test_ceiling_ensemble_scores_the_mean_of_logged_test_scores(tracking_uri: st
     other = logged(truth, labels=1 - label)
     bad = _ceiling("ensemble", "--runs", f"{runs[0]},{other}", env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
     assert bad.returncode == 2 and "were not all tested on the same jets" in bad.stderr
-    two = _ceiling("ensemble", "--runs", runs[0], "--runs", runs[1], "--onnx", str(tmp_path / "e.onnx"),
-                   env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
-    assert two.returncode == 2 and "--onnx writes one ensemble; got 2 groups" in two.stderr

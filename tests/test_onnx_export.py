@@ -22,7 +22,7 @@ from synthetic import (
     synthetic_dataset,
 )
 
-from wtag import schema
+from wtag import metrics, schema
 from wtag.errors import WtagError
 from wtag.taggers import REGISTRY, TAGGER_NAMES, TrainConfig
 
@@ -289,6 +289,92 @@ def test_drifting_parity_figures_are_logged_before_failing(linear_runs: dict[str
     # a bias shift of 0.05 in the logit moves scores by up to 0.05 * p(1-p) <= 0.0125
     assert 1e-3 < run.data.metrics["onnx_max_abs_diff"] <= 0.0125 + 1e-6
     assert run.data.metrics["onnx_frac_diff"] > 0.5
+
+
+def test_export_of_several_runs_registers_their_mean(linear_runs: dict[str, Any], tmp_path: Path) -> None:
+    """`-P run_id=A,B`: one graph scoring the mean of the members' logged test scores, registered as tagger
+    `ensemble` under the alias, with its own test metrics and its paired gain over the best member."""
+    import mlflow
+    import onnxruntime as ort
+    from mlflow.tracking import MlflowClient
+
+    from wtag.onnx_export import export_step
+    from wtag.runs import read_test_scores
+
+    model_name = f"wtag-test-{uuid.uuid4().hex[:6]}"
+    first, second = linear_runs["linear_runs"]
+    run_id, version = export_step(linear_runs["experiment_id"], f" {first}, {second} ", alias="seeds",
+                                  model_name=model_name)
+    assert alias_version(model_name, "seeds") == version
+    tags = MlflowClient().get_model_version(model_name, version).tags
+    assert tags["wtag.tagger"] == "ensemble" and tags["wtag.source_run_id"] == f"{first},{second}"
+    assert tags["wtag.family"] == "ensemble"
+    run = mlflow.get_run(run_id)
+    assert run.data.params["source_run_id"] == f"{first},{second}" and run.data.tags["wtag.family"] == "ensemble"
+    figures = run.data.metrics
+    assert figures["onnx_max_abs_diff"] < 1e-6 and figures["onnx_parity_jets"] == SPLIT_SIZES["test"]
+    for key in ("test_auc", "test_r50", "test_r50_err", "test_r50_gain_vs_best_member",
+                "test_r50_gain_vs_best_member_err", "test_auc_gain_vs_best_member"):
+        assert np.isfinite(figures[key]), key
+    assert figures["test_r50_gain_vs_best_member_err"] >= 0  # 0 when r50 is capped on the tiny test set
+
+    model, directory = load_onnx_model(run_id)
+    ds = linear_runs["ds"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (score,) = session.run(["score"], {"hl": ds.test.hl.astype(np.float32)})
+    members = [read_test_scores(r, tmp_path / r)[1] for r in (first, second)]
+    np.testing.assert_allclose(score, np.mean(members, axis=0), atol=1e-6)
+    assert figures["test_auc"] == pytest.approx(metrics.roc_auc(ds.test.label, score), abs=1e-6)
+    preprocess = json.loads((directory / "preprocess.json").read_text())
+    assert preprocess["tagger"] == "ensemble" and [m["run_id"] for m in preprocess["members"]] == [first, second]
+    # the same members again: no second version, the alias re-pointed
+    assert export_step(linear_runs["experiment_id"], f"{first},{second}", alias="again",
+                       model_name=model_name)[1] == version
+    assert version_count(model_name) == 1
+
+
+def test_export_refuses_bad_member_lists(linear_runs: dict[str, Any], tmp_path: Path) -> None:
+    import mlflow
+
+    from wtag.onnx_export import export_step
+    from wtag.training import train
+
+    experiment_id = linear_runs["experiment_id"]
+    first, second = linear_runs["linear_runs"]
+    with pytest.raises(WtagError, match=f"run_id: {first} listed twice"):
+        export_step(experiment_id, f"{first},{second},{first}", register=False)
+    with pytest.raises(WtagError, match="run_id: no run id given"):
+        export_step(experiment_id, " , ", register=False)
+    other_experiment = new_experiment("export-other-dataset")
+    ds = synthetic_dataset(tmp_path / "other", seed=12)
+    log_prepare_run(ds)
+    train(ds, "linear", CONFIG)
+    (other,) = mlflow.search_runs([other_experiment], "tags.`wtag.entry_point` = 'train_tagger'", output_format="list")
+    with pytest.raises(WtagError, match="an ensemble's members must share one dataset"):
+        export_step(experiment_id, f"{first},{other.info.run_id}", register=False)
+
+
+@pytest.mark.slow
+def test_hybrid_of_keras_taggers_exports_and_scores_the_mean(trained: dict[str, Any], tmp_path: Path) -> None:
+    """dnn (hl) + pfn (particles): a two-input graph whose ONNX scores are the mean of the members' logged ones."""
+    import mlflow
+    import onnxruntime as ort
+
+    from wtag.onnx_export import export_step
+    from wtag.runs import read_test_scores
+
+    members = [trained["runs"]["dnn"], trained["runs"]["pfn"]]
+    run_id, version = export_step(trained["experiment_id"], ",".join(members), register=False)
+    run = mlflow.get_run(run_id)
+    assert version == "" and run.data.tags["wtag.family"] == "hybrid"
+    assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4
+    model, _ = load_onnx_model(run_id)
+    assert [i.name for i in model.graph.input] == ["hl", "particles"]
+    ds = trained["ds"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (score,) = session.run(["score"], {k: v.astype(np.float32) for k, v in ds.test.inputs(("hl", "particles")).items()})
+    expected = np.mean([read_test_scores(r, tmp_path / r)[1] for r in members], axis=0)
+    np.testing.assert_allclose(score, expected, atol=1e-4)
 
 
 def test_export_without_evaluation_names_the_problem(tracking_server: str) -> None:

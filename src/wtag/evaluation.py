@@ -25,6 +25,7 @@ import numpy as np
 
 from wtag.dataset import PreparedDataset, load_prepared
 from wtag.errors import WtagError
+from wtag.metrics import spread_of_difference
 from wtag.runs import (
     candidate_label,
     decorrelation_of,
@@ -179,15 +180,6 @@ def champion_margin(ranked: Sequence[Candidate], metric: str, samples: Mapping[s
     return margin, (f"Margin over the runner-up: {best.label} {_pm(best.metrics, metric, '.4g')} vs {second.label} "
                     f"{_pm(second.metrics, metric, '.4g')}, a difference of {diff:.4g} = {margin:.2f} standard "
                     f"deviations of the paired bootstrap difference ({words}; threshold {SIGNIFICANT_SIGMA:g} sigma).")
-
-
-def spread_of_difference(a: np.ndarray, b: np.ndarray) -> float:
-    """Bootstrap standard deviation of a - b over resamples where both are finite."""
-    from wtag.metrics import spread
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    ok = np.isfinite(a) & np.isfinite(b)
-    return spread(a[ok] - b[ok])
 
 
 def _pm(values: Mapping[str, float], key: str, spec: str) -> str:

@@ -390,6 +390,14 @@ def spread(values: np.ndarray) -> float:
     return float(0.5 * (high - low))
 
 
+def spread_of_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """``spread`` of a - b over the resamples where both are finite: the error of a paired difference (two
+    taggers scored on the same resamples fluctuate together, so it is smaller than the errors in quadrature)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    return spread(a[ok] - b[ok])
+
+
 def uncertainties(y: np.ndarray, score: np.ndarray, msd: np.ndarray, n_bootstrap: int, seed: int,
                   prefix: str = "test_") -> dict[str, float]:
     """``{prefix}{metric}_err`` for every BOOTSTRAP_METRICS entry: the bootstrap spread (``spread``)."""

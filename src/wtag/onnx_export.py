@@ -29,6 +29,7 @@ from wtag.runs import (
     find_dataset,
     load_tagger,
     tagger_run,
+    train_config,
 )
 from wtag.schema import CHAMPION_ALIAS, DECORRELATED_ALIAS, REGISTERED_MODEL, Artifact, EntryPoint, Meta, Tag
 
@@ -233,17 +234,64 @@ def _ai_onnx_opset(model: Any) -> int:
     return max((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), default=0)
 
 
+class MemberMean:
+    """The native side of :func:`ensemble_graph`: the mean of the member taggers' scores, each on its own inputs,
+    with the name, family, inputs and standardization that parity and ``preprocess.json`` read from a tagger.
+    Its family takes the loosest member rule: the tree rule when a member is a tree."""
+
+    name = ENSEMBLE_TAGGER
+
+    def __init__(self, taggers: Sequence[Any]) -> None:
+        self.members = list(taggers)
+        self.inputs = tuple(dict.fromkeys(name for t in self.members for name in t.inputs))
+        self.standardization = self.members[0].standardization
+        families = {t.family for t in self.members}
+        self.family = "tree" if "tree" in families else ("cut" if families == {"cut"} else ENSEMBLE_TAGGER)
+
+    def member_scores(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [native_scores(t, {k: inputs[k] for k in t.inputs}) for t in self.members]
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.mean(self.member_scores(inputs), axis=0)
+
+
+def ensemble_metrics(label: np.ndarray, msd: np.ndarray, score: np.ndarray, members: Mapping[str, np.ndarray],
+                     n_bootstrap: int, seed: int = 0) -> dict[str, float]:
+    """The ensemble's test metrics (as a tagger run logs them) and its paired r50 and AUC gain over the best
+    member (by r50), so the registry says what averaging bought, with the error of that difference."""
+    from wtag import metrics
+
+    out = metrics.summary(label, score, msd, n_bootstrap=n_bootstrap, seed=seed)
+    if n_bootstrap < 2:
+        return out
+    samples = metrics.bootstrap(label, msd, {ENSEMBLE_TAGGER: score, **members}, n_bootstrap, seed)
+    point = {name: metrics.background_rejection(label, s, 0.5) for name, s in members.items()}
+    best = max(point, key=lambda name: point[name])
+    for key in ("r50", "auc"):
+        mine = out[f"test_{key}"]
+        theirs = point[best] if key == "r50" else metrics.roc_auc(label, members[best])
+        out[f"test_{key}_gain_vs_best_member"] = mine - theirs
+        out[f"test_{key}_gain_vs_best_member_err"] = metrics.spread_of_difference(
+            samples[ENSEMBLE_TAGGER][key], samples[best][key])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parity
 
 
-def scores_both(tagger: Any, model: Any, inputs: Mapping[str, np.ndarray],
-                chunk: int = PARITY_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """Native and ONNX Runtime (CPU, the reference semantics) scores for the same raw inputs."""
+def native_scores(tagger: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The tagger's own scores (float64), shape-checked."""
     n = len(next(iter(inputs.values())))
     native = np.asarray(tagger.predict(inputs), dtype=np.float64)
     if native.shape != (n,):
         raise WtagError(f"tagger '{tagger.name}': predict returned shape {native.shape}, expected ({n},)")
+    return native
+
+
+def onnx_scores(model: Any, inputs: Mapping[str, np.ndarray], what: str, chunk: int = PARITY_CHUNK) -> np.ndarray:
+    """ONNX Runtime (CPU, the reference semantics) scores of raw inputs, in chunks, shape- and dtype-checked."""
+    n = len(next(iter(inputs.values())))
     session = create_session(model.SerializeToString(), device="cpu")
     parts = []
     for start in range(0, n, chunk):
@@ -251,10 +299,16 @@ def scores_both(tagger: Any, model: Any, inputs: Mapping[str, np.ndarray],
         (out,) = session.run([schema.OUTPUT_SCORE], feed)
         rows = min(chunk, n - start)
         if out.shape != (rows,) or out.dtype != np.float32:
-            raise WtagError(f"tagger '{tagger.name}': ONNX output '{schema.OUTPUT_SCORE}' has shape {out.shape} "
+            raise WtagError(f"tagger '{what}': ONNX output '{schema.OUTPUT_SCORE}' has shape {out.shape} "
                             f"and dtype {out.dtype}, expected ({rows},) float32")
         parts.append(out)
-    return native, np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def scores_both(tagger: Any, model: Any, inputs: Mapping[str, np.ndarray],
+                chunk: int = PARITY_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Native and ONNX Runtime scores for the same raw inputs."""
+    return native_scores(tagger, inputs), onnx_scores(model, inputs, tagger.name, chunk)
 
 
 def parity_figures(native: np.ndarray, onnx_scores: np.ndarray) -> dict[str, float]:
@@ -336,8 +390,21 @@ def preprocessing(tagger: Any, run_id: str, dataset_digest: str) -> dict[str, An
 # The step
 
 
-def _export_run(source: Any, params: Mapping[str, str], model_name: str, register: bool,
-                alias: str, export_run_id: str | None) -> tuple[str, str]:
+def _convert(sources: Sequence[Any], ds: Any, digest: str) -> tuple[Any, Any, dict[str, np.ndarray]]:
+    """(native tagger, ONNX graph, per-member native test scores): one tagger run, or several as their mean."""
+    taggers = [load_tagger(source, ds) for source in sources]
+    graphs = [to_onnx_with_metadata(t, src.info.run_id, digest) for t, src in zip(taggers, sources)]
+    if len(taggers) == 1:
+        return taggers[0], graphs[0], {}
+    tagger = MemberMean(taggers)
+    model = ensemble_graph(graphs)
+    inputs = ds.test.inputs(tagger.inputs)
+    scores = tagger.member_scores(inputs)
+    return tagger, model, {f"{t.name}-{src.info.run_id[:8]}": v for t, src, v in zip(taggers, sources, scores)}
+
+
+def _export_run(sources: Sequence[Any], params: Mapping[str, str], model_name: str, register: bool,
+                alias: str, export_run_id: str | None, n_bootstrap: int) -> tuple[str, str]:
     """Convert, check, log (and register) inside a new ``export`` run; the alias moves last."""
     import mlflow
     from mlflow.models import infer_signature
@@ -346,24 +413,30 @@ def _export_run(source: Any, params: Mapping[str, str], model_name: str, registe
     from wtag.tracking import tracked_run
 
     run_id, tagger_name, digest = params["source_run_id"], params["tagger"], params["dataset_digest"]
-    tags = {Tag.SOURCE_RUN_ID: run_id, Tag.TAGGER: tagger_name, Tag.DATASET_DIGEST: digest,
-            Tag.FAMILY: source.data.tags.get(Tag.FAMILY, "")}
+    family = sources[0].data.tags.get(Tag.FAMILY, "") if len(sources) == 1 else ""  # an ensemble: set below
+    tags = {Tag.SOURCE_RUN_ID: run_id, Tag.TAGGER: tagger_name, Tag.DATASET_DIGEST: digest, Tag.FAMILY: family}
     description = f"export {tagger_name} (run {run_id}) to ONNX, check parity, register as {model_name}"
-    with tracked_run(EntryPoint.EXPORT, f"export-{tagger_name}-{run_id[:8]}", description, params, tags=tags,
+    label = run_id if len(sources) == 1 else f"{len(sources)}-" + "-".join(s.info.run_id[:4] for s in sources)
+    with tracked_run(EntryPoint.EXPORT, f"export-{tagger_name}-{label[:8]}", description, params, tags=tags,
                      nested=mlflow.active_run() is not None and export_run_id is None,
                      run_id=export_run_id) as run:
-        ds = find_dataset(source.info.experiment_id, digest)
-        tagger = load_tagger(source, ds)
-        model = to_onnx_with_metadata(tagger, run_id, digest)
+        ds = find_dataset(sources[0].info.experiment_id, digest)
+        tagger, model, members = _convert(sources, ds, digest)
         inputs = ds.test.inputs(tagger.inputs)
-        native, onnx_scores = scores_both(tagger, model, inputs)
-        figures = parity_figures(native, onnx_scores)
+        native = np.mean(list(members.values()), axis=0) if members else native_scores(tagger, inputs)
+        scores = onnx_scores(model, inputs, tagger_name)
+        figures = parity_figures(native, scores)
         blob = model.SerializeToString()
         mlflow.log_metrics({**figures, "onnx_model_bytes": float(len(blob))})
         check_parity(tagger, figures)
         info = preprocessing(tagger, run_id, digest)
+        if members:
+            family = {p.key: p.value for p in model.metadata_props}[Meta.FAMILY]
+            mlflow.set_tag(Tag.FAMILY, family)
+            info["members"] = json.loads({p.key: p.value for p in model.metadata_props}[MEMBERS_META])
+            mlflow.log_metrics(ensemble_metrics(ds.test.label, ds.test.msd, scores, members, n_bootstrap))
         example = {k: np.ascontiguousarray(v[:5], dtype=np.float32) for k, v in inputs.items()}
-        signature = infer_signature(example, {schema.OUTPUT_SCORE: onnx_scores[:5].astype(np.float32)})
+        signature = infer_signature(example, {schema.OUTPUT_SCORE: scores[:5].astype(np.float32)})
         logged = mlflow.onnx.log_model(model, name=Artifact.MODEL, signature=signature, input_example=example,
                                        metadata={"wtag": info}, save_as_external_data=False,
                                        onnx_execution_providers=ONNX_PROVIDERS)
@@ -375,7 +448,7 @@ def _export_run(source: Any, params: Mapping[str, str], model_name: str, registe
         check = {k: np.ascontiguousarray(v[:PYFUNC_CHECK_JETS], dtype=np.float32) for k, v in inputs.items()}
         served = np.asarray(mlflow.pyfunc.load_model(logged.model_uri).predict(check)[schema.OUTPUT_SCORE],
                             dtype=np.float64)
-        pyfunc_diff = float(np.max(np.abs(served - onnx_scores[:len(served)]))) if len(served) else 0.0
+        pyfunc_diff = float(np.max(np.abs(served - scores[:len(served)]))) if len(served) else 0.0
         mlflow.log_metric("pyfunc_max_abs_diff", pyfunc_diff)
         if not pyfunc_diff <= PYFUNC_MAX_ABS_DIFF:
             raise WtagError(f"tagger '{tagger_name}': the logged model scores differ from ONNX Runtime by "
@@ -390,6 +463,23 @@ def _export_run(source: Any, params: Mapping[str, str], model_name: str, registe
               f"{figures['onnx_frac_diff']:.2%} of {len(native)} jets above {DIFF_THRESHOLD:g}"
               + (f"; registered {model_name} version {version}" if version else ""), file=sys.stderr)
         return str(run.info.run_id), version
+
+
+def member_runs(run_ids: str) -> list[Any]:
+    """The tagger runs of ``run_id``: one id, or a comma-separated list exported as one mean (an ensemble),
+    every member FINISHED, distinct and trained on the same dataset."""
+    ids = [r.strip() for r in run_ids.split(",") if r.strip()]
+    if not ids:
+        raise WtagError("run_id: no run id given")
+    repeated = sorted({r for r in ids if ids.count(r) > 1})
+    if repeated:
+        raise WtagError(f"run_id: {', '.join(repeated)} listed twice (an ensemble averages distinct runs)")
+    runs = [tagger_run(r) for r in ids]
+    digests = {r.info.run_id: r.data.params.get("dataset_digest", "") for r in runs}
+    if len(set(digests.values())) > 1:
+        raise WtagError("run_id: an ensemble's members must share one dataset; got "
+                        + ", ".join(f"{r[:8]} on {d[:12]}" for r, d in digests.items()))
+    return runs
 
 
 def _note_reuse(export_run_id: str, previous_run: str, version: str) -> None:
@@ -407,7 +497,9 @@ def export_step(experiment_id: str, run_id: str | None = None, register: bool = 
                 alias: str = CHAMPION_ALIAS, export_run_id: str | None = None,
                 model_name: str = REGISTERED_MODEL) -> tuple[str, str]:
     """Export a tagger run (default: the newest evaluation's champion, or with ``alias`` = ``decorrelated`` its
-    decorrelated choice); return (export run id, model version).
+    decorrelated choice); return (export run id, model version). A comma-separated ``run_id`` exports the
+    runs as one graph scoring their mean (``ensemble_graph``), with its own test metrics and its gain over
+    the best member.
 
     Exporting a run that already has a registered version only re-points the alias; a FINISHED export run
     with the same parameters and code commit is reused (registered if it was not). The version is "" when
@@ -418,9 +510,11 @@ def export_step(experiment_id: str, run_id: str | None = None, register: bool = 
     if not run_id:  # alias "decorrelated": the evaluation's best candidate with small mass sculpting
         run_id = (decorrelated_of_newest_evaluation(experiment_id) if alias == DECORRELATED_ALIAS
                   else champion_of_newest_evaluation(experiment_id))
-    source = tagger_run(run_id)
-    params = {"source_run_id": run_id, "tagger": source.data.tags[Tag.TAGGER],
-              "dataset_digest": source.data.params.get("dataset_digest", "")}
+    sources = member_runs(run_id)
+    run_id = ",".join(r.info.run_id for r in sources)
+    tagger_name = sources[0].data.tags[Tag.TAGGER] if len(sources) == 1 else ENSEMBLE_TAGGER
+    params = {"source_run_id": run_id, "tagger": tagger_name,
+              "dataset_digest": sources[0].data.params.get("dataset_digest", "")}
     if register:
         version = existing_version(model_name, run_id)
         if version is not None:
@@ -440,4 +534,5 @@ def export_step(experiment_id: str, run_id: str | None = None, register: bool = 
                 move_alias(model_name, alias, version_number)
             print(f"export: reusing run {previous.info.run_id}", file=sys.stderr)
             return str(previous.info.run_id), version_number
-    return _export_run(source, params, model_name, register, alias, export_run_id)
+    n_bootstrap = train_config(sources[0].data.params).n_bootstrap
+    return _export_run(sources, params, model_name, register, alias, export_run_id, n_bootstrap)
