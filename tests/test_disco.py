@@ -12,7 +12,7 @@ from wtag.dataset import Split, Standardization
 from wtag.errors import WtagError
 from wtag.taggers import build_tagger
 from wtag.taggers.base import TrainConfig
-from wtag.taggers.keras_common import DiscoLoss, distance_correlation_squared, pack_targets
+from wtag.taggers.keras_common import TaggerLoss, distance_correlation_squared, pack_targets
 
 MSD = schema.HL_FEATURES.index("jet_msd_ak7")
 MASS = schema.HL_FEATURES.index("jet_mass_ak7")
@@ -53,10 +53,10 @@ def test_disco_loss_without_penalty_is_weighted_cross_entropy() -> None:
     w = rng.uniform(0.5, 2.0, 64).astype(np.float32)
     packed = pack_targets(label, msd, w)
     plain = keras.losses.BinaryCrossentropy()(label.reshape(-1, 1), prob, sample_weight=w)
-    assert float(DiscoLoss(0.0)(packed, prob)) == pytest.approx(float(plain), rel=1e-5)
+    assert float(TaggerLoss(0.0)(packed, prob)) == pytest.approx(float(plain), rel=1e-5)
     # with lambda > 0: plus lambda times dCor^2 of score and mass over the QCD jets, weighted
     penalty = metrics.distance_correlation(prob[label == 0, 0], msd[label == 0], w[label == 0]) ** 2
-    assert float(DiscoLoss(3.0)(packed, prob)) == pytest.approx(float(plain) + 3.0 * penalty, rel=1e-4)
+    assert float(TaggerLoss(3.0)(packed, prob)) == pytest.approx(float(plain) + 3.0 * penalty, rel=1e-4)
 
 
 def test_negative_disco_lambda_is_rejected() -> None:

@@ -400,3 +400,53 @@ def test_broadcast_add_broadcasts_both_operands(a: tuple, b: tuple) -> None:
     in1, in2 = keras.Input(a[1:]), keras.Input(b[1:])
     model = keras.Model([in1, in2], broadcast_add(in1, in2))
     np.testing.assert_allclose(model.predict([x1, x2], batch_size=len(x1), verbose=0), x1 + x2, atol=1e-6)
+
+
+def test_aux_loss_adds_the_weighted_mean_squared_error() -> None:
+    """TaggerLoss with aux_weight: cross-entropy on column 0 plus w-weighted MSE of the auxiliary columns."""
+    from wtag.taggers.keras_common import TaggerLoss, pack_targets
+
+    rng = np.random.default_rng(3)
+    label = (rng.random(64) < 0.5).astype(np.float32)
+    prob = rng.uniform(0.05, 0.95, size=(64, 1)).astype(np.float32)
+    aux_true, aux_pred = rng.normal(size=(64, 3)), rng.normal(size=(64, 3)).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, 64).astype(np.float32)
+    packed = pack_targets(label, rng.uniform(20, 200, 64), w, aux_true)
+    assert packed.shape == (64, 6)
+    plain = float(keras.losses.BinaryCrossentropy()(label.reshape(-1, 1), prob, sample_weight=w))
+    mse = float(np.sum(w * np.mean((aux_pred - aux_true) ** 2, axis=1)) / 64)
+    got = float(TaggerLoss(0.0, aux_weight=0.5)(packed, np.concatenate([prob, aux_pred], axis=1)))
+    assert got == pytest.approx(plain + 0.5 * mse, rel=1e-5)
+
+
+def test_aux_head_trains_but_never_reaches_the_scoring_model() -> None:
+    """pfn with aux_weight: the training model also regresses (msd, tau21, log N) from the last hidden layer; the
+    scoring model, its scores and its ONNX graph are the plain tagger's (one output, parity)."""
+    train, val = synthetic_split(160, seed=1), synthetic_split(300, seed=2)
+    tagger = build_tagger("pfn", tiny_config(aux_weight=1.0), Standardization.fit(train))
+    train_model, score_model = tagger._build()
+    assert tuple(train_model.output.shape) == (None, 4)
+    assert "aux_output" in {layer.name for layer in train_model.layers}
+    assert not {"aux_hidden", "aux_output"} & {layer.name for layer in score_model.layers}
+    history = tagger.fit(train, val)
+    plain = build_tagger("pfn", tiny_config(), Standardization.fit(train)).fit(train, val)
+    assert history["loss"][0] > plain["loss"][0]  # the regression's error is part of the loss
+    assert np.isfinite(history["val_auc"]).all() and tagger.hyperparameters()["loss"] == "binary_crossentropy+aux"
+    assert check_onnx_parity(tagger, val) <= 1e-4
+    assert [o.name for o in tagger.to_onnx().graph.output] == [schema.OUTPUT_SCORE]
+    assert len(tagger.model.outputs) == 1
+
+
+def test_aux_weight_is_refused_where_the_targets_are_inputs(capsys: pytest.CaptureFixture[str]) -> None:
+    from wtag.taggers.base import TrainConfig
+    from wtag.training import training_plan
+
+    train = synthetic_split(32, seed=1)
+    with pytest.raises(WtagError, match="aux_weight: tagger 'dnn' reads the jet features"):
+        build_tagger("dnn", tiny_config(aux_weight=1.0), Standardization.fit(train)).fit(train, train)
+    with pytest.raises(WtagError, match=r"aux_weight=-1"):
+        build_tagger("pfn", tiny_config(aux_weight=-1.0), Standardization.fit(train)).fit(train, train)
+    plan = dict(training_plan(["bdt", "dnn", "pfn"], TrainConfig(aux_weight=0.3)))
+    assert (plan["bdt"].aux_weight, plan["dnn"].aux_weight, plan["pfn"].aux_weight) == (0.0, 0.0, 0.3)
+    assert "dnn: no auxiliary regression" in capsys.readouterr().err
+    assert TrainConfig(aux_weight=0.3).params()["aux_weight"] == 0.3 and "aux_weight" not in TrainConfig().params()

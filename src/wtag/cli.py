@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -88,6 +89,16 @@ def _pileup(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or '{DEFAULT_WORD}'") from None
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
+    return value
+
+
 def _bool(text: str) -> bool:
     """An MLproject switch: true/false (also 1/0, yes/no)."""
     value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.strip().lower())
@@ -157,7 +168,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_choice_args(p: argparse.ArgumentParser) -> None:
-    """The training choices shared by train, tune and main: jet weights and the epoch-selection metric."""
+    """The training choices shared by train, tune and main: jet weights, the epoch-selection metric, weight decay
+    and the auxiliary regression."""
     from wtag.weighting import WEIGHTINGS
 
     p.add_argument("--weighting", default=TrainConfig.weighting, choices=WEIGHTINGS,
@@ -165,6 +177,11 @@ def _add_training_choice_args(p: argparse.ArgumentParser) -> None:
                         "reweighted to the W pT spectrum)")
     p.add_argument("--epoch-metric", default=TrainConfig.epoch_metric, choices=EPOCH_METRICS,
                    help="validation metric that stops training and picks the kept epoch (Keras taggers)")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=TrainConfig.weight_decay,
+                   help="decoupled weight decay of the Keras optimizer (AdamW style; 0 = off)")
+    p.add_argument("--aux-weight", type=_non_negative_float, default=TrainConfig.aux_weight,
+                   help="weight of the auxiliary regression of msd, tau21 and log N in the loss of the Keras "
+                        "taggers without jet-feature input (0 = off; the served model has no extra output)")
 
 
 def _add_tune_args(p: argparse.ArgumentParser) -> None:
@@ -220,7 +237,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        lr_schedule=args.lr_schedule, patience=args.patience, seed=args.train_seed,
                        init_from=args.init_from.strip(), freeze=args.freeze, params_from=args.params_from.strip(),
-                       weighting=args.weighting, epoch_metric=args.epoch_metric,
+                       weighting=args.weighting, epoch_metric=args.epoch_metric, weight_decay=args.weight_decay,
+                       aux_weight=args.aux_weight,
                        **{k: v for k, v in optional.items() if v is not None})
 
 

@@ -105,16 +105,23 @@ def scan_text(config: TrainConfig, disco_lambdas: Sequence[float] | None = None)
 def training_plan(names: Sequence[str], config: TrainConfig, disco_lambdas: Sequence[float] | None = None,
                   ) -> list[tuple[str, TrainConfig]]:
     """(tagger, config) per tagger run: every DisCo strength for the taggers that support it (Keras), one run
-    without the penalty for the others (a message says so when the scan asked for more)."""
+    without the penalty for the others (a message says so when the scan asked for more); the auxiliary
+    regression likewise only where it applies."""
     lambdas = list(disco_lambdas) if disco_lambdas else [config.disco_lambda]
     plan = []
     for name in names:
+        if config.aux_weight > 0 and not tagger_class(name).supports_aux():
+            print(f"{name}: no auxiliary regression for this tagger (it reads the jet features, or is not a Keras "
+                  "network); trained without it", file=sys.stderr)
+            config_of_name = dataclasses.replace(config, aux_weight=0.0)
+        else:
+            config_of_name = config
         if tagger_class(name).supports_disco:
-            plan += [(name, dataclasses.replace(config, disco_lambda=float(v))) for v in lambdas]
+            plan += [(name, dataclasses.replace(config_of_name, disco_lambda=float(v))) for v in lambdas]
         else:
             if any(v > 0 for v in lambdas):
                 print(f"{name}: no DisCo penalty for this tagger family; trained once without it", file=sys.stderr)
-            plan.append((name, dataclasses.replace(config, disco_lambda=0.0)))
+            plan.append((name, dataclasses.replace(config_of_name, disco_lambda=0.0)))
     return plan
 
 
@@ -162,6 +169,9 @@ def train_one(name: str, ds: PreparedDataset, config: TrainConfig,
     tagger: Tagger = build_tagger(name, config, ds.standardization)
     if config.disco_lambda > 0 and not tagger.supports_disco:
         raise WtagError(f"tagger '{name}' cannot train with disco_lambda={config.disco_lambda:g} (Keras taggers only)")
+    if config.aux_weight > 0 and not tagger.supports_aux():
+        raise WtagError(f"tagger '{name}' cannot train with aux_weight={config.aux_weight:g} (Keras taggers without "
+                        "the jet-feature input only)")
     params = {**config.params(), **tagger.hyperparameters(), "tagger": name, "source": ds.source,
               "dataset_digest": ds.digest, "n_train": len(ds.train), "n_val": len(ds.val), "n_test": len(ds.test)}
     description = (f"{name} ({tagger.family}) trained on {len(ds.train)} {ds.source} jets, "

@@ -51,6 +51,9 @@ class TrainConfig:
     freeze: str = ""
     # Decoupled weight decay of the Keras optimizer (0 = off); a tuned parameter.
     weight_decay: float = 0.0
+    # Weight of the auxiliary regression (msd, tau21, log N from the network's last hidden layer) in the training
+    # loss; 0 = off. Keras taggers without the jet-feature input only; the scoring model never has the extra head.
+    aux_weight: float = 0.0
     # The tagger's own tuned hyperparameters (names from its ``search_space``) as a JSON object; "" = its defaults.
     tagger_params: str = ""
     # The ``tune`` run whose best parameters this training uses (lineage); "" = none.
@@ -65,8 +68,8 @@ class TrainConfig:
 
         ``init_from``, ``freeze``, ``tagger_params`` and ``params_from`` only when set: ``mlflow run`` logs an empty
         MLproject parameter as the two characters ``''``, which would never match a run started in-process, so
-        finished runs would not be reused; ``weighting`` and ``epoch_metric`` only when not their defaults, so runs
-        from before they existed are reused.
+        finished runs would not be reused; ``weighting``, ``epoch_metric`` and ``aux_weight`` only when not their
+        defaults, so runs from before they existed are reused.
         """
         return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "lr_schedule": self.lr_schedule, "patience": self.patience, "train_seed": self.seed,
@@ -74,7 +77,7 @@ class TrainConfig:
                 "n_bootstrap": self.n_bootstrap,
                 **{k: v for k, v in (("init_from", self.init_from), ("freeze", self.freeze),
                                      ("tagger_params", self.tagger_params), ("params_from", self.params_from)) if v},
-                **{k: getattr(self, k) for k in ("weighting", "epoch_metric")
+                **{k: getattr(self, k) for k in ("weighting", "epoch_metric", "aux_weight")
                    if getattr(self, k) != getattr(TrainConfig, k)}}
 
     def tagger_params_dict(self) -> dict[str, Any]:
@@ -107,6 +110,12 @@ class Tagger(abc.ABC):
     inputs: ClassVar[tuple[str, ...]]
     flavor: ClassVar[str]  # MLflow flavor used by log_model: "keras", "xgboost" or "pyfunc"
     supports_disco: ClassVar[bool] = False  # trains with TrainConfig.disco_lambda > 0 (the Keras taggers)
+
+    @classmethod
+    def supports_aux(cls) -> bool:
+        """Trains with TrainConfig.aux_weight > 0: Keras taggers that do not read the jet features, which are
+        what the auxiliary targets are made of."""
+        return False
     # What ``tune`` searches, declared once per family (wtag.tuning: the format). A value per name: a list of
     # choices, or {low, high[, log][, step]} (integers when low and high are). Names are TrainConfig fields or
     # this tagger's own hyperparameters (set by ``configure``). Empty: nothing to tune (closed-form taggers).

@@ -29,6 +29,7 @@ ONNX_BATCH_DIM = "N"
 PREDICT_BATCH_SIZE = 1024
 # How many rows of the caller's input example are stored with a logged model.
 EXAMPLE_ROWS = 3
+AUX_HIDDEN = 32  # units of the auxiliary head's hidden layer
 # The optimisation part of every Keras tagger's search space (wtag.tuning); each family adds its sizes. Weight
 # decay is Keras' decoupled one (scaled by the learning rate, as in AdamW), so useful values are 1e-3..1e-1.
 TRAINING_SPACE: dict[str, Any] = {
@@ -127,39 +128,62 @@ def distance_correlation_squared(x: Any, y: Any, weight: Any) -> Any:
     return ab / ops.sqrt(aa * bb + 1e-12)
 
 
-class DiscoLoss(keras.losses.Loss):
-    """Weighted binary cross-entropy plus ``disco_lambda`` times the squared distance correlation between the
-    score and the soft-drop mass of the batch's QCD jets (DisCo, Kasieczka & Shih 2020, their eq. 5).
+# Auxiliary regression targets (TrainConfig.aux_weight): jet-feature columns, the count as log N. They are
+# standardized with the training split's mean and std, so each weighs alike in the mean squared error.
+AUX_TARGETS = ("jet_msd_ak7", "jet_tau21_ak7", "jet_ncand_ak7")
 
-    The mass must reach the loss but not the model, so the targets are packed: ``y_true`` is (N, 3) =
-    (label, msd, training weight), built by ``pack_targets``. The cross-entropy term equals Keras'
-    ``BinaryCrossentropy`` with ``sample_weight`` (sum of w * BCE over the batch size), so ``disco_lambda`` = 0
-    is the ordinary loss; the penalty weights the QCD jets with their training weights. The scoring model and
-    its ONNX export never see the mass: raw inputs -> score, as without DisCo.
+
+def aux_targets(split: Split) -> np.ndarray:
+    """(N, 3) raw auxiliary targets of a split: soft-drop mass, tau21 and log of the constituent count."""
+    if split.hl is None:
+        raise WtagError("aux_weight > 0 needs the jet features (hl) of the prepared dataset as targets")
+    columns = split.hl[:, [schema.HL_FEATURES.index(c) for c in AUX_TARGETS]].astype(np.float64)
+    columns[:, 2] = np.log(np.maximum(columns[:, 2], 1.0))
+    return columns
+
+
+class TaggerLoss(keras.losses.Loss):
+    """Weighted binary cross-entropy, plus ``disco_lambda`` times the squared distance correlation between the
+    score and the soft-drop mass of the batch's QCD jets (DisCo, Kasieczka & Shih 2020, their eq. 5), plus
+    ``aux_weight`` times the weighted mean squared error of the auxiliary regression.
+
+    What the loss needs beyond the label must reach it but not the model, so the targets are packed: ``y_true``
+    is (N, 3 + k) = (label, msd, training weight, k standardized auxiliary targets), built by ``pack_targets``;
+    ``y_pred`` is (N, 1 + k), the probability first. The cross-entropy term equals Keras' ``BinaryCrossentropy``
+    with ``sample_weight`` (sum of w * BCE over the batch size), so both strengths at 0 give the ordinary loss;
+    the penalty weights the QCD jets with their training weights. The scoring model and its ONNX export never
+    see the mass or the auxiliary head: raw inputs -> score.
     """
 
-    def __init__(self, disco_lambda: float, name: str = "disco_loss", **kwargs: Any) -> None:
+    def __init__(self, disco_lambda: float, aux_weight: float = 0.0, name: str = "tagger_loss",
+                 **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.disco_lambda = float(disco_lambda)
+        self.aux_weight = float(aux_weight)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         ops = keras.ops
         label, msd, weight = y_true[:, 0], y_true[:, 1], y_true[:, 2]
-        prob = ops.reshape(y_pred, (-1,))
-        bce = ops.binary_crossentropy(label, prob)
-        loss = ops.sum(weight * bce) / ops.cast(ops.shape(prob)[0], prob.dtype)
+        prob = y_pred[:, 0]
+        n = ops.cast(ops.shape(prob)[0], prob.dtype)
+        loss = ops.sum(weight * ops.binary_crossentropy(label, prob)) / n
         if self.disco_lambda > 0:
             loss = loss + self.disco_lambda * distance_correlation_squared(prob, msd, weight * (1.0 - label))
+        if self.aux_weight > 0:
+            error = ops.mean(ops.square(y_pred[:, 1:] - y_true[:, 3:]), axis=1)
+            loss = loss + self.aux_weight * ops.sum(weight * error) / n
         return loss
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "disco_lambda": self.disco_lambda}
+        return {**super().get_config(), "disco_lambda": self.disco_lambda, "aux_weight": self.aux_weight}
 
 
-def pack_targets(label: np.ndarray, msd: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """(N, 3) float32 targets (label, msd, weight) for ``DiscoLoss``."""
-    return np.stack([np.asarray(label, np.float32), np.asarray(msd, np.float32), np.asarray(weight, np.float32)],
-                    axis=1)
+def pack_targets(label: np.ndarray, msd: np.ndarray, weight: np.ndarray, aux: np.ndarray | None = None) -> np.ndarray:
+    """(N, 3 + k) float32 targets (label, msd, weight, k auxiliary targets) for ``TaggerLoss``."""
+    columns = [np.asarray(label, np.float32), np.asarray(msd, np.float32), np.asarray(weight, np.float32)]
+    if aux is not None:
+        columns += list(np.asarray(aux, np.float32).T)
+    return np.stack(columns, axis=1)
 
 
 class _ValidationAUC(keras.callbacks.Callback):
@@ -174,7 +198,8 @@ class _ValidationAUC(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
-        scores = self.model.predict(self._x, batch_size=PREDICT_BATCH_SIZE, verbose=0).reshape(-1)
+        predicted = self.model.predict(self._x, batch_size=PREDICT_BATCH_SIZE, verbose=0)
+        scores = predicted.reshape(len(self._y), -1)[:, 0]  # the probability; auxiliary outputs follow it
         logs["val_auc"] = float(roc_auc_score(self._y, scores, sample_weight=self._w))
         if self._forward is not None:
             self._forward(epoch, {k: float(logs[k]) for k in ("loss", "val_loss", "val_auc")})
@@ -218,10 +243,15 @@ class KerasTagger(Tagger):
             raise WtagError(f"tagger '{self.name}' has no model yet: fit it or load a logged one")
         return self._model
 
+    @classmethod
+    def supports_aux(cls) -> bool:
+        return schema.INPUT_HL not in cls.inputs
+
     def hyperparameters(self) -> dict[str, Any]:
         """The architecture and the optimisation choices; the TrainConfig numbers are logged by the caller
         (``TrainConfig.params``)."""
-        loss = "binary_crossentropy+disco" if self.config.disco_lambda > 0 else "binary_crossentropy"
+        loss = "binary_crossentropy" + ("+disco" if self.config.disco_lambda > 0 else "") + (
+            "+aux" if self.config.aux_weight > 0 else "")
         xla = "off" if self.xla_from_jet_epochs is None else f"from {self.xla_from_jet_epochs} jet-epochs"
         return {**self.architecture(), "optimizer": "adam", "loss": loss, "early_stopping": self.config.epoch_metric,
                 "xla": xla}
@@ -242,6 +272,12 @@ class KerasTagger(Tagger):
         raw = {name: keras.Input(shape=schema.expected_shape(name), dtype="float32", name=name) for name in self.inputs}
         prob = self.build_network(raw[self.inputs[0]] if len(self.inputs) == 1 else raw)
         train_model = keras.Model(raw, prob, name=f"{self.name}_train")
+        if self.config.aux_weight > 0:  # a small head on the last hidden layer, the input of the output layer
+            hidden = train_model.get_layer("output").input
+            aux = keras.layers.Dense(AUX_HIDDEN, activation="relu", name="aux_hidden")(hidden)
+            aux = keras.layers.Dense(len(AUX_TARGETS), name="aux_output")(aux)
+            train_model = keras.Model(raw, keras.layers.Concatenate(name="with_aux")([prob, aux]),
+                                      name=f"{self.name}_train")
         score = keras.ops.squeeze(prob, axis=-1)
         return train_model, keras.Model(raw, score, name=self.name)
 
@@ -283,8 +319,12 @@ class KerasTagger(Tagger):
                 raise WtagError("freeze=conv keeps pretrained layers fixed: it needs init_from (a model to start "
                                 "from); from random weights it would freeze noise")
             self._freeze_convolutions(score_model)
-        disco = self.config.disco_lambda > 0
-        loss = DiscoLoss(self.config.disco_lambda) if disco else keras.losses.BinaryCrossentropy()
+        if self.config.aux_weight > 0 and not self.supports_aux():
+            raise WtagError(f"aux_weight: tagger '{self.name}' reads the jet features the auxiliary targets "
+                            f"({', '.join(AUX_TARGETS)}) are made of; the regression is for particle-level taggers")
+        packed = self.config.disco_lambda > 0 or self.config.aux_weight > 0
+        loss = (TaggerLoss(self.config.disco_lambda, self.config.aux_weight) if packed
+                else keras.losses.BinaryCrossentropy())
         steps = self.config.epochs * math.ceil(len(y) / self.config.batch_size)
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate(self.config, steps),
                                           weight_decay=self.config.weight_decay or None)
@@ -296,8 +336,14 @@ class KerasTagger(Tagger):
                                           mode="max" if self.config.epoch_metric == "val_auc" else "min",
                                           restore_best_weights=True),
         ]
-        if disco:  # the mass travels with the targets; the weights too, as the penalty needs them
-            fit_data = {"y": pack_targets(y, train.msd, w), "validation_data": (xv, pack_targets(yv, val.msd, wv))}
+        if packed:  # the mass and auxiliary targets travel with the label; the weights too, as the penalty needs them
+            aux, aux_val = None, None
+            if self.config.aux_weight > 0:
+                aux = aux_targets(train)
+                mean, std = aux.mean(axis=0), np.maximum(aux.std(axis=0), 1e-6)
+                aux, aux_val = (aux - mean) / std, (aux_targets(val) - mean) / std
+            fit_data = {"y": pack_targets(y, train.msd, w, aux),
+                        "validation_data": (xv, pack_targets(yv, val.msd, wv, aux_val))}
         else:
             fit_data = {"y": y.reshape(-1, 1), "sample_weight": w, "validation_data": (xv, yv.reshape(-1, 1), wv)}
         result = train_model.fit(x, **fit_data, epochs=self.config.epochs, batch_size=self.config.batch_size,
@@ -405,6 +451,7 @@ def _check_config(config: TrainConfig) -> None:
         ("patience", config.patience, config.patience >= 0),
         ("disco_lambda", config.disco_lambda, config.disco_lambda >= 0),
         ("weight_decay", config.weight_decay, config.weight_decay >= 0),
+        ("aux_weight", config.aux_weight, config.aux_weight >= 0),
         ("lr_schedule", config.lr_schedule, config.lr_schedule in LR_SCHEDULES),
         ("epoch_metric", config.epoch_metric, config.epoch_metric in EPOCH_METRICS),
         ("freeze", config.freeze, config.freeze in FREEZE_CHOICES),
@@ -412,6 +459,7 @@ def _check_config(config: TrainConfig) -> None:
     if problems:
         raise WtagError(f"training parameters out of range: {', '.join(problems)} (need epochs >= 1, "
                         "batch_size >= 1, learning_rate > 0, patience >= 0, disco_lambda >= 0, weight_decay >= 0, "
+                        "aux_weight >= 0, "
                         f"lr_schedule one of {', '.join(LR_SCHEDULES)}, epoch_metric one of "
                         f"{', '.join(EPOCH_METRICS)}, freeze one of {', '.join(map(repr, FREEZE_CHOICES))})")
 
