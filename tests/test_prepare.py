@@ -18,7 +18,7 @@ from wtag.tracking import configure
     ({"pileup": -1.0}, "pileup=-1.0"),
     ({"source": "pythia", "max_jets": 5}, "max_jets=5 caps imported files"),
     ({"source": "cms-images", "inputs": ("x.h5",), "max_jets": -1}, "max_jets=-1 must be >= 0"),
-    ({"sample": "huge"}, "unknown sample 'huge' .known: default, benchmark"),
+    ({"sample": "huge"}, "unknown sample 'huge' .known: default, benchmark, large"),
     ({"sample": "benchmark", "n_jets": 10}, "sample=benchmark sets n_jets itself"),
     ({"test_fraction": 0.3}, "sample=default sets test_fraction itself"),
     ({"source": "cms-images", "inputs": ("x.h5",), "sample": "benchmark"}, "needs source=pythia"),
@@ -56,6 +56,9 @@ def test_sample_shapes_put_the_extra_qcd_into_the_test_split():
     assert bench.jets_to_generate() == {"ttbar": 35_000, "qcd": 70_000}
     assert _split_counts(bench) == {"test": (42_000, 5_250), "val": (3_500, 3_500), "train": (24_500, 26_250)}
     assert bench.sample_size() == "benchmark" and bench.params()["test_fraction"] == "qcd:0.6,w:0.15"
+    large = PrepareConfig(sample="large")
+    assert large.jets_to_generate() == {"ttbar": 105_000, "qcd": 210_000}
+    assert _split_counts(large) == {"test": (126_000, 15_750), "val": (10_500, 10_500), "train": (73_500, 78_750)}
     default = PrepareConfig(n_jets=100, signal="wjets")
     assert default.jets_to_generate() == {"wjets": 100, "qcd": 200}
     assert _split_counts(default) == {"test": (120, 20), "val": (20, 20), "train": (60, 60)}

@@ -117,7 +117,8 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="pythia: embedded Pythia 8 + FastJet simulation; cms-ntuple / cms-images: real files")
     p.add_argument("--sample", default=d.sample, choices=tuple(SAMPLES),
                    help="simulated sample: 'default' (n_jets W + 2 n_jets QCD, the extra QCD in the test split) or "
-                        "'benchmark' (35k W + 70k QCD; test 5,250 W + 42,000 QCD, train 50,750)")
+                        "'benchmark' (35k W + 70k QCD; test 5,250 W + 42,000 QCD, train 50,750) or 'large' (the "
+                        "benchmark's shape, three times the jets)")
     p.add_argument("--n-jets", type=_n_jets, default="auto",
                    help=f"W jets to simulate (pythia, sample=default; QCD: twice as many); 'auto': {d.n_jets}")
     p.add_argument("--max-jets", type=_int, default=d.max_jets,
