@@ -3,16 +3,21 @@
     python bench/ceiling.py curves   [--models bdt,dnn,pfn] [--fractions 0.125 0.25 0.5 1] [--seeds 42 43 44]
     python bench/ceiling.py ablation [--models bdt,dnn] [--seeds 42 43 44]
     python bench/ceiling.py ensemble --runs RUN,RUN,RUN [--runs RUN,...]
+    python bench/ceiling.py reference --experiments DETECTOR_LEVEL ... GENERATOR_LEVEL [--models cut,bdt,...]
 
-Both read a prepared dataset (``--dataset``, default the benchmark sample under data/prepared) and train the
+``curves`` and ``ablation`` read a prepared dataset (``--dataset``, default the benchmark sample under data/prepared) and train the
 real tagger classes with their default hyperparameters and training weights; only the test set scores. ``curves``
 trains on nested, class-stratified subsets of the training split (the same jets at every seed; the validation
 and test splits stay whole) and says which taggers still climb between the last two sizes. ``ablation`` blanks
 jet-level columns of ``hl`` (a constant column carries no information: trees never split on it and a standardized
 constant is zero), so the taggers keep their input contract. ``ensemble`` reads the logged test scores of tagger
 runs (e.g. one tagger at several seeds) and scores their mean, with bootstrap errors paired over the same
-resamples, so the gain over the members is measured, not guessed. With ``MLFLOW_TRACKING_URI`` set, one run in the
-``wtag-bench-ceiling`` experiment gets the parameters, the table and the figure.
+resamples, so the gain over the members is measured, not guessed. ``reference`` compares the plain tagger runs
+(seeds, default training) of experiments trained on different simulation levels (e.g. the benchmark with the
+detector and pileup, and the same at ``--detector false --pileup 0``), per tagger and as seed ensembles, against
+the last experiment's best: where each family sits between the cut and the generator-level ceiling. With
+``MLFLOW_TRACKING_URI`` set, one run in the ``wtag-bench-ceiling`` experiment gets the parameters, the table and
+the figure.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -195,7 +201,8 @@ def plot_curves(points: Sequence[Point], path: Path) -> Path:
     return plot_learning_curves(curves, path)
 
 
-def log_to_mlflow(mode: str, args: argparse.Namespace, ds: PreparedDataset, text: str, figure: Path | None) -> None:
+def log_to_mlflow(mode: str, args: argparse.Namespace, data: dict[str, str], text: str, figure: Path | None) -> None:
+    """One run in EXPERIMENT with the mode's parameters, ``data`` (what was read), the table and the figure."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return
     import mlflow
@@ -205,8 +212,7 @@ def log_to_mlflow(mode: str, args: argparse.Namespace, ds: PreparedDataset, text
     configure(os.environ["MLFLOW_TRACKING_URI"], EXPERIMENT)
     with mlflow.start_run(run_name=f"ceiling-{mode}"):
         mlflow.log_params({"mode": mode, "models": ",".join(args.models), "seeds": ",".join(map(str, args.seeds)),
-                           "fractions": ",".join(map(str, args.fractions)), "dataset_digest": ds.digest,
-                           "dataset": str(ds.root), "n_bootstrap": args.n_bootstrap})
+                           "fractions": ",".join(map(str, args.fractions)), "n_bootstrap": args.n_bootstrap, **data})
         mlflow.log_text(text, f"ceiling_{mode}.md")
         if figure is not None:
             mlflow.log_artifact(str(figure), "plots")
@@ -261,9 +267,106 @@ def ensemble_table(groups: Sequence[Sequence[str]], n_bootstrap: int, seed: int)
     return "\n".join(lines)
 
 
+# What makes a tagger run a plain one for the reference comparison: the defaults of these training parameters
+# (absent = a run from before the parameter existed).
+PLAIN_TRAINING = {"disco_lambda": ("0", "0.0"), "aux_weight": ("0", "0.0"), "weighting": ("flat",),
+                  "epoch_metric": ("val_loss",), "init_from": ("",), "freeze": ("",), "tagger_params": ("",)}
+
+
+def _is_plain(run: Any) -> bool:
+    return all(run.data.params.get(k, allowed[0]) in allowed for k, allowed in PLAIN_TRAINING.items())
+
+
+def level_runs(experiment: str, models: Sequence[str]) -> tuple[str, str, dict[str, list[Any]]]:
+    """(level name, dataset digest, tagger -> newest plain FINISHED run per train seed) of one experiment: the
+    dataset of its newest plain tagger run, named by the prepare run that logged it (detector, pileup)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise WtagError(f"no experiment '{experiment}' on the tracking server")
+    runs = [r for r in client.search_runs([found.experiment_id], "tags.`wtag.entry_point` = 'train_tagger' and "
+                                          "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                                          max_results=5000) if _is_plain(r)]
+    if not runs:
+        raise WtagError(f"experiment '{experiment}' has no finished plain tagger runs")
+    digest = runs[0].data.params["dataset_digest"]
+    by_tagger: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        tagger = run.data.tags.get(schema.Tag.TAGGER, "")
+        if run.data.params.get("dataset_digest") == digest and tagger in models:
+            by_tagger.setdefault(tagger, {}).setdefault(run.data.params.get("train_seed", ""), run)
+    prepares = client.search_runs([found.experiment_id], f"tags.`wtag.entry_point` = 'prepare' and "
+                                  f"params.dataset_digest = '{digest}'", max_results=1)
+    params = prepares[0].data.params if prepares else {}
+    detector = params.get("detector", "True").lower() in ("true", "1")
+    pileup = params.get("pileup", "default")
+    name = (("detector" if detector else "particle level") + ", pileup "
+            + ("9 (tuned)" if pileup == "default" else f"{float(pileup):g}"))
+    return name, digest, {t: list(by_tagger[t].values()) for t in models if t in by_tagger}
+
+
+def reference_table(experiments: Sequence[str], models: Sequence[str], n_bootstrap: int, seed: int
+                    ) -> tuple[str, dict[str, dict[str, tuple[float, float]]], dict[str, str]]:
+    """Per experiment (a simulation level) and tagger: the seeds' test r50, their mean and spread, and the seed
+    ensemble's r50 with its bootstrap error; the last column compares each level's ensemble with the same
+    tagger's at the last experiment (the reference) and with the reference's best tagger (its ceiling)."""
+    from wtag.runs import read_test_arrays
+
+    levels: dict[str, dict[str, tuple[float, float]]] = {}
+    rows: list[tuple[str, str, list[float], list[float], float, float, float]] = []
+    data = {}
+    for experiment in experiments:
+        level, digest, by_tagger = level_runs(experiment, models)
+        level = level if level not in levels else f"{level} ({experiment})"
+        data[f"dataset_digest.{experiment}"] = digest
+        scores, label, msd = {}, None, None
+        with tempfile.TemporaryDirectory(prefix="wtag-reference-") as tmp:
+            for tagger, runs in by_tagger.items():
+                for run in runs:
+                    label, score, msd = read_test_arrays(run.info.run_id, Path(tmp) / run.info.run_id)
+                    scores[(tagger, run.info.run_id)] = score.astype(np.float64)
+        means = {tagger: np.mean([scores[(tagger, r.info.run_id)] for r in runs], axis=0)
+                 for tagger, runs in by_tagger.items()}
+        named = {f"{t}|{r}": s for (t, r), s in scores.items()} | {f"{t}|mean": s for t, s in means.items()}
+        boot = {k: v["r50"] for k, v in metrics.bootstrap(label, msd, named, n_bootstrap, seed).items()}
+        levels[level] = {}
+        for tagger, runs in by_tagger.items():
+            per_seed = [metrics.background_rejection(label, scores[(tagger, r.info.run_id)], 0.5) for r in runs]
+            errors = [metrics.spread(boot[f"{tagger}|{r.info.run_id}"]) for r in runs]
+            ensemble = metrics.background_rejection(label, means[tagger], 0.5)
+            err = metrics.spread(boot[f"{tagger}|mean"])
+            levels[level][tagger] = (ensemble, err)
+            rows.append((level, tagger, per_seed, errors, ensemble, err, metrics.roc_auc(label, means[tagger])))
+    reference = list(levels)[-1]
+    ceiling_tagger = max(levels[reference], key=lambda t: levels[reference][t][0])
+    ceiling = levels[reference][ceiling_tagger]
+
+    def ratio(a: tuple[float, float], b: tuple[float, float]) -> str:
+        value = a[0] / b[0]
+        return f"{value:.2f} +- {value * float(np.hypot(a[1] / a[0], b[1] / b[0])):.2f}"
+
+    lines = [f"Reference level: {reference} (ceiling: its best seed ensemble, {ceiling_tagger} "
+             f"{ceiling[0]:.1f} +- {ceiling[1]:.1f})", "",
+             "| level | tagger | test_r50 per seed (+- bootstrap) | mean +- seed std | seed ensemble r50 | "
+             "ensemble AUC | / same tagger at the reference | / reference ceiling |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    order = {level: i for i, level in enumerate(levels)}
+    for level, tagger, per_seed, errors, ensemble, err, auc in sorted(rows, key=lambda r: (models.index(r[1]),
+                                                                                         order[r[0]])):
+        spread_ = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+        same = levels[reference].get(tagger)
+        lines.append(f"| {level} | {tagger} | " + ", ".join(f"{v:.1f} +- {e:.1f}" for v, e in zip(per_seed, errors))
+                     + f" | {np.mean(per_seed):.1f} +- {spread_:.1f} | {ensemble:.1f} +- {err:.1f} | {auc:.4f} | "
+                     f"{ratio((ensemble, err), same) if same and level != reference else ''} | "
+                     f"{ratio((ensemble, err), ceiling)} |")
+    return "\n".join(lines), levels, data
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/ceiling.py", description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("curves", "ablation", "ensemble"))
+    parser.add_argument("mode", choices=("curves", "ablation", "ensemble", "reference"))
     parser.add_argument("--dataset", type=Path, help="prepared dataset directory (default: the benchmark sample)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--models", type=lambda s: s.split(","), default=None,
@@ -274,17 +377,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-bootstrap", type=int, default=200)
     parser.add_argument("--runs", action="append", type=lambda s: s.split(","), default=[],
                         help="ensemble: comma-separated tagger run ids scored as one mean (repeat for more groups)")
+    parser.add_argument("--experiments", nargs="+", default=[],
+                        help="reference: experiments holding tagger runs of one simulation level each, the "
+                             "generator-level reference last")
     parser.add_argument("--points", type=Path, default=None,
                         help="curves/ablation: JSON-lines file of measured points, appended as they finish and "
                              "read back on a rerun (default: data_dir/bench/ceiling-MODE-DATASET.jsonl)")
     args = parser.parse_args(argv)
-    args.models = args.models or (["bdt", "dnn", "pfn"] if args.mode == "curves" else ["bdt", "dnn"])
+    args.models = args.models or {"curves": ["bdt", "dnn", "pfn"], "reference": ["cut", "bdt", "dnn", "pfn", "pfn_hl"]
+                                  }.get(args.mode, ["bdt", "dnn"])
 
     def run() -> int:
         if args.mode == "ensemble":
             if not args.runs or not os.environ.get("MLFLOW_TRACKING_URI"):
                 raise WtagError("ensemble needs --runs and MLFLOW_TRACKING_URI (the server holding the runs)")
             print(ensemble_table(args.runs, args.n_bootstrap, seed=0))
+            return 0
+        if args.mode == "reference":
+            if len(args.experiments) < 2 or not os.environ.get("MLFLOW_TRACKING_URI"):
+                raise WtagError("reference needs --experiments A B (two or more; the reference last) and "
+                                "MLFLOW_TRACKING_URI (the server holding their runs)")
+            text, levels, data = reference_table(args.experiments, args.models, args.n_bootstrap, seed=0)
+            from wtag.plots import plot_levels
+
+            figure = plot_levels(levels, Path(tempfile.mkdtemp(prefix="wtag-ceiling-")) / "levels.png")
+            print(text)
+            log_to_mlflow(args.mode, args, {**data, "experiments": ",".join(args.experiments)}, text, figure)
             return 0
         ds = load_prepared(args.dataset or default_dataset(args.data_dir))
         header = (f"dataset {ds.root.name} ({ds.digest[:8]}): train {len(ds.train):,}, val {len(ds.val):,}, "
@@ -307,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             points = run_grid(ds, args.models, settings, args.seeds, args.n_bootstrap, points_file, stamp)
             text = table(points, header)
         print(text + f"\n\nload average {os.getloadavg()[0]:.1f} at the end")
-        log_to_mlflow(args.mode, args, ds, text, figure)
+        log_to_mlflow(args.mode, args, {"dataset_digest": ds.digest, "dataset": str(ds.root)}, text, figure)
         return 0
 
     return exit_status(run, parser.prog)

@@ -187,3 +187,53 @@ def test_ceiling_ensemble_scores_the_mean_of_logged_test_scores(tracking_uri: st
     other = logged(truth, labels=1 - label)
     bad = _ceiling("ensemble", "--runs", f"{runs[0]},{other}", env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
     assert bad.returncode == 2 and "were not all tested on the same jets" in bad.stderr
+
+
+def test_ceiling_reference_compares_simulation_levels(tracking_uri: str, tmp_path: Path) -> None:
+    """Two experiments of logged plain tagger runs (a detector-level and a particle-level dataset, two seeds
+    each, plus a run with an auxiliary loss that must be left out): per-level seed ensembles, their ratio to the
+    same tagger at the reference level and to the reference's best, one figure logged."""
+    import uuid
+
+    import mlflow
+
+    rng = np.random.default_rng(8)
+    label = (np.arange(4000) % 4 == 0).astype(np.int64)
+    msd = rng.uniform(0, 200, len(label))
+    names = [f"wtag-test-level-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+
+    def level(name: str, detector: str, pileup: str, noise: float, digest: str) -> None:
+        experiment_id = mlflow.create_experiment(name)
+        with mlflow.start_run(experiment_id=experiment_id):
+            mlflow.set_tag("wtag.entry_point", "prepare")
+            mlflow.log_params({"dataset_digest": digest, "detector": detector, "pileup": pileup})
+        truth = 1.5 * label + rng.normal(size=len(label))
+        for tagger, seed, extra in (("cut", 42, {}), ("dnn", 42, {}), ("dnn", 43, {}),
+                                    ("dnn", 44, {"aux_weight": "0.5"})):
+            with mlflow.start_run(experiment_id=experiment_id):
+                mlflow.set_tags({"wtag.entry_point": "train_tagger", "wtag.tagger": tagger})
+                mlflow.log_params({"dataset_digest": digest, "train_seed": seed, **extra})
+                score = truth + (3.0 if tagger == "cut" else noise) * rng.normal(size=len(label))
+                np.savez(tmp_path / schema.Artifact.TEST_SCORES, score=score.astype(np.float32), label=label, msd=msd)
+                mlflow.log_artifact(str(tmp_path / schema.Artifact.TEST_SCORES))
+
+    level(names[0], "True", "default", 1.5, "d" * 64)
+    level(names[1], "false", "0", 0.5, "e" * 64)
+    done = _ceiling("reference", "--experiments", *names, "--models", "cut,dnn", "--n-bootstrap", "40",
+                    env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Reference level: particle level, pileup 0 (ceiling: its best seed ensemble, dnn" in done.stdout
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[3:] for line in done.stdout.splitlines()
+            if line.startswith("| detector") or line.startswith("| particle")}
+    assert set(rows) == {("detector, pileup 9 (tuned)", "cut"), ("detector, pileup 9 (tuned)", "dnn"),
+                         ("particle level, pileup 0", "cut"), ("particle level, pileup 0", "dnn")}
+    detector_dnn, particle_dnn = rows[("detector, pileup 9 (tuned)", "dnn")], rows[("particle level, pileup 0", "dnn")]
+    assert len(detector_dnn[0].split(", ")) == 2  # seeds 42 and 43; the aux run is not plain
+    ratio = float(detector_dnn[4].split(" +- ")[0])
+    assert 0 < ratio < 1  # the noisier level rejects less
+    assert particle_dnn[4].strip() == "" and particle_dnn[5].strip().startswith("1.00 +- ")
+    runs = mlflow.search_runs(experiment_names=["wtag-bench-ceiling"], filter_string="params.mode = 'reference'",
+                              output_format="list")
+    assert any(names[1] in r.data.params["experiments"] for r in runs)
+    bad = _ceiling("reference", "--experiments", names[0], env_extra={"MLFLOW_TRACKING_URI": tracking_uri})
+    assert bad.returncode == 2 and "reference needs --experiments A B" in bad.stderr

@@ -79,6 +79,15 @@ def test_plot_learning_curves(tmp_path: Path) -> None:
         plots.plot_learning_curves({}, tmp_path / "x.png")
 
 
+def test_plot_levels(tmp_path: Path) -> None:
+    path = tmp_path / "levels.png"
+    levels = {"detector, pileup 9": {"cut": (50.1, 2.5), "dnn": (130.8, 9.3)},
+              "particle level": {"cut": (70.0, 3.0), "dnn": (250.0, 20.0), "pfn": (300.0, 25.0)}}
+    _check_png(path, plots.plot_levels(levels, path))
+    with pytest.raises(WtagError, match="no taggers"):
+        plots.plot_levels({"empty": {}}, tmp_path / "x.png")
+
+
 def test_plot_feature_importance(tmp_path: Path) -> None:
     path = tmp_path / "imp.png"
     _check_png(path, plots.plot_feature_importance(["msd", "tau21", "pt"], [0.5, 0.4, 0.1], path))

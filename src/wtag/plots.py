@@ -401,3 +401,30 @@ def plot_learning_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[fl
         ax.legend(loc="upper left", fontsize="small")
         _label(ax, cms_text)
         return _save(fig, path)
+
+
+def plot_levels(levels: Mapping[str, Mapping[str, tuple[float, float]]], path: str | os.PathLike[str], *,
+                cms_text: str = "Simulation") -> Path:
+    """Background rejection at 50% signal efficiency per tagger at several simulation levels (``levels``: level
+    name -> tagger -> (r50, error)), side by side on a log scale: where each family sits between the cut and
+    the generator-level reference."""
+    if not levels or not any(levels.values()):
+        raise WtagError("plot_levels: no taggers")
+    taggers = list(dict.fromkeys(t for rows in levels.values() for t in rows))
+    width = 0.8 / len(levels)
+    with _figure() as (fig, axes):
+        ax = axes[0, 0]
+        for i, (level, rows) in enumerate(levels.items()):
+            x = [taggers.index(t) + (i - (len(levels) - 1) / 2) * width for t in rows]
+            values = [rows[t][0] for t in rows]
+            errors = [rows[t][1] for t in rows]
+            ax.errorbar(x, values, yerr=errors, marker="o", ms=9, capsize=4, ls="none", label=level)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(taggers)), taggers)
+        ax.set_xlim(-0.6, len(taggers) - 0.4)
+        ax.set_xlabel("Tagger")
+        ax.set_ylabel(r"Background rejection $1/\epsilon_B$ at $\epsilon_S = 50\%$")
+        ax.grid(True, which="major", axis="y", alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+        _label(ax, cms_text)
+        return _save(fig, path)
