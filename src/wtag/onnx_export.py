@@ -235,8 +235,8 @@ def _ai_onnx_opset(model: Any) -> int:
 
 
 class MemberMean:
-    """The native side of :func:`ensemble_graph`: the mean of the member taggers' scores, each on its own inputs,
-    with the name, family, inputs and standardization that parity and ``preprocess.json`` read from a tagger.
+    """The native side of :func:`ensemble_graph`: the member taggers, each scoring its own inputs, with the name,
+    family, inputs and standardization that parity and ``preprocess.json`` read from a tagger.
     Its family takes the loosest member rule: the tree rule when a member is a tree."""
 
     name = ENSEMBLE_TAGGER
@@ -250,9 +250,6 @@ class MemberMean:
 
     def member_scores(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return [native_scores(t, {k: inputs[k] for k in t.inputs}) for t in self.members]
-
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return np.mean(self.member_scores(inputs), axis=0)
 
 
 def ensemble_metrics(label: np.ndarray, msd: np.ndarray, score: np.ndarray, members: Mapping[str, np.ndarray],
@@ -431,9 +428,9 @@ def _export_run(sources: Sequence[Any], params: Mapping[str, str], model_name: s
         check_parity(tagger, figures)
         info = preprocessing(tagger, run_id, digest)
         if members:
-            family = {p.key: p.value for p in model.metadata_props}[Meta.FAMILY]
-            mlflow.set_tag(Tag.FAMILY, family)
-            info["members"] = json.loads({p.key: p.value for p in model.metadata_props}[MEMBERS_META])
+            meta = {p.key: p.value for p in model.metadata_props}
+            mlflow.set_tag(Tag.FAMILY, meta[Meta.FAMILY])
+            info["members"] = json.loads(meta[MEMBERS_META])
             mlflow.log_metrics(ensemble_metrics(ds.test.label, ds.test.msd, scores, members, n_bootstrap))
         example = {k: np.ascontiguousarray(v[:5], dtype=np.float32) for k, v in inputs.items()}
         signature = infer_signature(example, {schema.OUTPUT_SCORE: scores[:5].astype(np.float32)})

@@ -308,6 +308,9 @@ class KerasTagger(Tagger):
 
     def fit(self, train: Split, val: Split, on_epoch_end: EpochCallback | None = None) -> dict[str, list[float]]:
         _check_config(self.config)
+        if self.config.aux_weight > 0 and not self.supports_aux():
+            raise WtagError(f"aux_weight: tagger '{self.name}' reads the jet features the auxiliary targets "
+                            f"({', '.join(AUX_TARGETS)}) are made of; the regression is for particle-level taggers")
         x, y, w = self._arrays(train, "training")
         xv, yv, wv = self._arrays(val, "validation")
         keras.utils.set_random_seed(self.config.seed)
@@ -319,9 +322,6 @@ class KerasTagger(Tagger):
                 raise WtagError("freeze=conv keeps pretrained layers fixed: it needs init_from (a model to start "
                                 "from); from random weights it would freeze noise")
             self._freeze_convolutions(score_model)
-        if self.config.aux_weight > 0 and not self.supports_aux():
-            raise WtagError(f"aux_weight: tagger '{self.name}' reads the jet features the auxiliary targets "
-                            f"({', '.join(AUX_TARGETS)}) are made of; the regression is for particle-level taggers")
         packed = self.config.disco_lambda > 0 or self.config.aux_weight > 0
         loss = (TaggerLoss(self.config.disco_lambda, self.config.aux_weight) if packed
                 else keras.losses.BinaryCrossentropy())
