@@ -60,6 +60,20 @@ def test_tracked_run_records_provenance_and_fails_cleanly(tracking_uri):
     assert find_finished_run(exp_id, "prepare", {"a": 2}) is None  # failed runs are never reused
     assert find_finished_run(exp_id, "train", {"a": 1}) is None
     assert find_finished_run(exp_id, "prepare", {"a": 1}, commit="0" * 40) is None
+    # `mlflow run` logs MLproject numbers as typed: "1" and 1.0 are one value, a digest-like text is not a number
+    assert find_finished_run(exp_id, "prepare", {"a": 1.0, "b": "x"}).info.run_id == run.info.run_id
+    assert find_finished_run(exp_id, "prepare", {"a": "1e0"}).info.run_id == run.info.run_id
+    assert find_finished_run(exp_id, "prepare", {"b": "x "}) is None
+
+
+def test_same_param_compares_numbers_by_value_and_text_exactly():
+    from wtag.tracking import same_param
+
+    assert same_param("0", "0.0") and same_param("0.001", "1e-3") and same_param("30", "30")
+    assert not same_param("0", "0.1") and not same_param(None, "0") and not same_param("flat", "flat ")
+    assert not same_param("123e4567", "124e4567")  # overflow to inf: compared as text, different
+    assert same_param("nan", "nan") and not same_param("nan", "NaN")
+    assert same_param("true", "True") and same_param("False", "false") and not same_param("true", "False")
 
 
 def test_environment_tags_name_versions():

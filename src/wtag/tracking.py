@@ -197,6 +197,24 @@ def _as_param(value: Any) -> str:
     return str(value)
 
 
+def same_param(logged: str | None, wanted: str) -> bool:
+    """A logged parameter equals a wanted one: the same text, the same finite number or the same truth value in
+    other spellings. ``mlflow run`` logs MLproject parameters as typed (``0``, ``1e-3``, ``true``), a step
+    started in-process as Python prints them (``0.0``, ``0.001``, ``True``); both must find the same run."""
+    if logged == wanted:
+        return True
+    if logged is None:
+        return False
+    truth = {"true", "false"}
+    if logged.lower() in truth and wanted.lower() in truth:
+        return logged.lower() == wanted.lower()
+    try:
+        a, b = float(logged), float(wanted)
+    except ValueError:
+        return False
+    return math.isfinite(a) and math.isfinite(b) and a == b
+
+
 def find_finished_run(experiment_id: str, entry_point: str, params: Mapping[str, Any],
                       commit: str | None = None) -> Any | None:
     """The newest FINISHED run of ``entry_point`` with the same parameters and code commit, or None.
@@ -218,7 +236,7 @@ def find_finished_run(experiment_id: str, entry_point: str, params: Mapping[str,
     )
     wanted = {k: _as_param(v) for k, v in params.items()}
     for run in runs:
-        if all(run.data.params.get(k) == v for k, v in wanted.items()):
+        if all(same_param(run.data.params.get(k), v) for k, v in wanted.items()):
             return run
     return None
 
