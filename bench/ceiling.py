@@ -267,14 +267,16 @@ def ensemble_table(groups: Sequence[Sequence[str]], n_bootstrap: int, seed: int)
     return "\n".join(lines)
 
 
-# What makes a tagger run a plain one for the reference comparison: the defaults of these training parameters
-# (absent = a run from before the parameter existed).
-PLAIN_TRAINING = {"disco_lambda": ("0", "0.0"), "aux_weight": ("0", "0.0"), "weighting": ("flat",),
-                  "epoch_metric": ("val_loss",), "init_from": ("",), "freeze": ("",), "tagger_params": ("",)}
+# The training parameters a plain run (for the reference comparison) has at TrainConfig's defaults; absent means
+# a run from before the parameter existed, or one that logs it only when set.
+PLAIN_TRAINING = ("disco_lambda", "aux_weight", "weighting", "epoch_metric", "init_from", "freeze", "tagger_params")
 
 
 def _is_plain(run: Any) -> bool:
-    return all(run.data.params.get(k, allowed[0]) in allowed for k, allowed in PLAIN_TRAINING.items())
+    from wtag.tracking import same_param
+
+    defaults = {k: str(getattr(TrainConfig, k)) for k in PLAIN_TRAINING}
+    return all(same_param(run.data.params.get(k, default), default) for k, default in defaults.items())
 
 
 def level_runs(experiment: str, models: Sequence[str]) -> tuple[str, str, dict[str, list[Any]]]:
