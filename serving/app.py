@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
 
 import wtag
 from serving.edge import EdgeMiddleware
@@ -40,7 +42,7 @@ Models = ModelRef | Sequence[ModelRef | tuple[str, ModelRef]] | Mapping[str, Mod
 
 
 def create_app(models: Models, settings: ServerSettings | None = None,
-               grpc_address: tuple[str, int] | None = None) -> FastAPI:
+               grpc_address: tuple[str, int] | None = None) -> ServingApp:
     """Load the models (one reference, a list, or name -> reference; paths, MLflow URIs or bytes) and build the
     app; nothing is shared between apps. With ``grpc_address`` (host, port), the KServe v2 gRPC service runs
     beside it, started and stopped with it."""
@@ -73,7 +75,7 @@ def create_app(models: Models, settings: ServerSettings | None = None,
 
     served = ", ".join(f"`{m.name}` ({m.tagger.source.public_uri}, sha256 {m.tagger.sha256[:12]}…)"
                        for m in service.models.values())
-    app = FastAPI(title="wtag scoring server", version=wtag.__version__, lifespan=lifespan,
+    app = ServingApp(title="wtag scoring server", version=wtag.__version__, lifespan=lifespan,
                   description=f"Scores AK7 jets with the W-tagger ONNX models {served} on {tagger.provider}; "
                               "the first is the default. "
                               "Protocols: MLflow `/invocations`, KServe v2 `/v2/...`, bulk `.npy` "
@@ -93,8 +95,9 @@ def create_app(models: Models, settings: ServerSettings | None = None,
         documented.update(routes.documented)
         open_paths |= routes.open
     app.router.routes[:0] = plain  # the hot scoring routes are matched first
-    app.add_middleware(EdgeMiddleware, settings=service.settings, metrics=service.metrics,
-                       routes=lambda: app.routes, auth=service.auth, open_paths=open_paths)
+    app.edge = EdgeMiddleware(functools.partial(FastAPI.__call__, app), settings=service.settings,
+                              metrics=service.metrics, routes=lambda: app.routes, auth=service.auth,
+                              open_paths=open_paths, hot=plain)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -106,6 +109,19 @@ def create_app(models: Models, settings: ServerSettings | None = None,
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+class ServingApp(FastAPI):
+    """FastAPI with the shared edge layer (``serving.edge``) outside all of FastAPI's own middleware, so the
+    hot scoring routes skip it."""
+
+    edge: EdgeMiddleware | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.edge is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.edge(scope, receive, send)
 
 
 def add_error_handlers(app: FastAPI, service: Service) -> None:

@@ -1,12 +1,14 @@
 """The shared outer layer of every HTTP request: bearer-token check, early 413 from Content-Length, and
-per-route request metrics (labels bounded: route templates, known methods, status codes)."""
+per-route request metrics (labels bounded: route templates, known methods, status codes). It sits outside the
+framework's own middleware and sends the protocols' hot POST routes straight to their endpoints."""
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import BearerAuth
@@ -27,10 +29,16 @@ def _flatten(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
 
 class EdgeMiddleware:
     """Outermost layer: bearer-token check (except on ``open_paths``, which the protocols declare), early 413
-    from Content-Length, and per-route metrics."""
+    from Content-Length, and per-route metrics.
+
+    ``hot`` routes (the protocols' plain POST scoring routes, whose endpoints answer every error themselves) are
+    called directly: FastAPI's error, exception, exit-stack and telemetry layers cost about 30 us of the ~0.2 ms
+    that a 1,000-jet binary request spends outside ONNX Runtime, and do nothing for an endpoint that never
+    raises."""
 
     def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics,
-                 routes: Callable[[], list[BaseRoute]], auth: BearerAuth, open_paths: Collection[str]) -> None:
+                 routes: Callable[[], list[BaseRoute]], auth: BearerAuth, open_paths: Collection[str],
+                 hot: Iterable[Route] = ()) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
@@ -38,6 +46,9 @@ class EdgeMiddleware:
         self.auth = auth
         self.open_paths = frozenset(open_paths)
         self._flat: list[BaseRoute] | None = None
+        hot = list(hot)
+        self._hot_static = {r.path: r for r in hot if not r.param_convertors}
+        self._hot_templated = [r for r in hot if r.param_convertors]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,12 +66,30 @@ class EdgeMiddleware:
         try:
             if early is not None:
                 await early(scope, receive, send_status)
+            elif scope["method"] == "POST" and self._hot(scope):
+                response = await scope["endpoint"](Request(scope, receive, send_status))
+                await response(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route") or self._match(scope)
             label = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(label, scope["method"], status[0], time.perf_counter() - start)
+
+    def _hot(self, scope: Scope) -> bool:
+        """Whether the request is for a hot route; if so its route, endpoint and path parameters go into the
+        scope as the router would put them."""
+        route = self._hot_static.get(scope["path"])
+        if route is None:
+            for candidate in self._hot_templated:
+                match, child = candidate.matches(scope)
+                if match == Match.FULL:
+                    scope.update(child)
+                    scope["route"] = candidate
+                    return True
+            return False
+        scope.update(endpoint=route.endpoint, path_params={}, route=route)
+        return True
 
     def _match(self, scope: Scope) -> BaseRoute | None:
         """The route of a request the router did not label (plain Starlette routes, rejected requests)."""

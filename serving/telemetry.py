@@ -73,12 +73,19 @@ class ServerMetrics:
         # Labelled children looked up once: ``labels()`` takes a lock and builds a key on every call.
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
+        self._batch_children: dict[str, tuple[Histogram, Histogram, Histogram, Counter]] = {}
 
     def observe_batch(self, model: str, jets: int, requests: int, seconds: float) -> None:
-        self.batch_jets.labels(model).observe(jets)
-        self.batch_requests.labels(model).observe(requests)
-        self.run_seconds.labels(model).observe(seconds)
-        self.jets.labels(model).inc(jets)
+        children = self._batch_children.get(model)
+        if children is None:
+            children = self._batch_children[model] = (
+                self.batch_jets.labels(model), self.batch_requests.labels(model), self.run_seconds.labels(model),
+                self.jets.labels(model))
+        batch_jets, batch_requests, run_seconds, scored = children
+        batch_jets.observe(jets)
+        batch_requests.observe(requests)
+        run_seconds.observe(seconds)
+        scored.inc(jets)
         self.worker.inc(jets)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

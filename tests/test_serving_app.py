@@ -114,6 +114,43 @@ def test_bodies_from_offload_bytes_on_are_decoded_in_a_decode_process(hl_server:
             metric(before, "wtag_decoded_bodies_total", where=where) == 1, where
 
 
+def test_hot_scoring_routes_skip_the_framework_middleware_and_keep_the_edge(tmp_path: Path) -> None:
+    """Scoring POSTs go from the edge layer straight to their endpoints (a middleware added to the FastAPI app
+    never sees them; other routes pass through it), with the edge's token check and per-route metrics kept."""
+    onnx.save(hl_model(), str(tmp_path / "hl.onnx"))
+    app = create_app(tmp_path / "hl.onnx", ServerSettings(decode_processes=0, device="cpu", auth_token=TOKEN))
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def record(request, call_next):  # type: ignore[no-untyped-def]
+        seen.append(f"{request.method} {request.url.path}")
+        return await call_next(request)
+
+    x = hl_batch(5, seed=63)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def scenario() -> tuple[list[httpx.Response], str]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://wtag") as client:
+                answers = [await client.post("/v2/models/wtag/infer", json=v2_json(x), headers=auth),
+                           await client.post("/v2/models/wtag/versions/1/infer", json=v2_json(x), headers=auth),
+                           await client.post("/v1/score-npy", content=_npy(x), headers={**NPY, **auth}),
+                           await client.post("/v1/score-npy", content=_npy(x), headers=NPY),
+                           await client.get("/v2/models/wtag", headers=auth)]
+                return answers, (await client.get("/metrics", headers=auth)).text
+
+    answers, metrics = asyncio.run(scenario())
+    assert [r.status_code for r in answers] == [200, 200, 200, 401, 200], [r.text for r in answers]
+    for resp in answers[:2]:
+        assert_scores(resp.json()["outputs"][0]["data"], offline_scores(tmp_path / "hl.onnx", {"hl": x}))
+    assert seen == ["GET /v2/models/wtag", "GET /metrics"]
+    assert metric(metrics, "wtag_http_requests_total", route="/v2/models/{model_name}/infer", status="200") == 1
+    assert metric(metrics, "wtag_http_requests_total", route="/v2/models/{model_name}/versions/{version}/infer",
+                  status="200") == 1
+    assert metric(metrics, "wtag_http_requests_total", route="/v1/score-npy", status="401") == 1
+
+
 def test_a_larger_offload_bytes_decodes_the_same_body_on_the_event_loop(tmp_path: Path) -> None:
     onnx.save(hl_model(), str(tmp_path / "hl.onnx"))
     app = create_app(tmp_path / "hl.onnx", ServerSettings(offload_bytes=10**7, decode_processes=0, device="cpu"))

@@ -104,7 +104,7 @@ def test_in_flight_bound_holds_for_requests_still_being_read(slow_server: Server
 
 @pytest.mark.slow
 def test_a_big_request_does_not_hold_up_small_ones(slow_server: Server) -> None:
-    """2,400 jets take about 0.6 s or more on the slow model; a single jet sent 0.15 s in waits for at most one
+    """2,400 jets take 0.35-0.6 s on the slow model (by machine); a single jet sent 0.15 s in waits for at most one
     64-jet slice of the big request, so it is answered in a small fraction of the big one's time and before it.
     Without slicing it would wait for the rest of the big request (three quarters of its time or more). The bound
     is relative, so a loaded machine (another test worker) slows both sides alike."""
@@ -133,7 +133,7 @@ def test_a_big_request_does_not_hold_up_small_ones(slow_server: Server) -> None:
     thread.join()
     assert result[0].status_code == 200, result[0].text
     assert small_done_first, "the big request finished before the small ones: the test proves nothing"
-    assert big_seconds[0] >= 0.5, f"the big request took {big_seconds[0]:.2f} s: too fast to show slicing"
+    assert big_seconds[0] >= 0.3, f"the big request took {big_seconds[0]:.2f} s: too fast to show slicing"
     assert max(latencies) < big_seconds[0] / 4, (latencies, big_seconds)
 
 
